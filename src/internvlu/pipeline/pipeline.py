@@ -1,0 +1,706 @@
+"""`InternVLUPipeline`: understanding, generation, editing and think mode in one object.
+
+Two ways in:
+- the official call, unchanged: `pipe(prompt, image=None, generation_mode="text" | "image" | "text_image", **kw)`
+  returning `InternVLUPipelineOutput(generate_output, images)`;
+- typed task methods: `chat` (alias `understand`), `stream_chat`, `generate`, `edit`, each with `think=`.
+
+Both go through the same stages: processor -> VLM (text generation and/or one conditioning
+forward) -> generation decoder inside the denoising loop -> VAE decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..constants import (
+    GENERATION_MODES,
+    IM_END_TOKEN,
+    IM_START_TOKEN,
+    IMG_CONTEXT_TOKEN,
+    IMG_START_TOKEN,
+    SPECIAL_TOKEN_LIST,
+)
+from ..sampling.denoise import denoise
+from ..sampling.guidance import NORM_TRUNC_TIMESTEP
+from . import stages
+from .loading import (
+    COMPONENTS,
+    load_torch_component,
+    parse_size,
+    read_model_index,
+    resolve_class,
+    save_torch_component,
+    write_model_index,
+)
+from .outputs import ChatResult, ImageResult, InternVLUPipelineOutput
+
+logger = logging.getLogger(__name__)
+
+# Keyword arguments of the official __call__, routed as the reference routes them.
+TEXT_KWARGS = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_k",
+    "num_beams",
+    "repetition_penalty",
+    "return_dict_in_generate",
+    "output_hidden_states",
+)
+IMAGE_KWARGS = (
+    "num_inference_steps",
+    "num_images_per_prompt",
+    "all_cfg_scale",
+    "part_cfg_scale",
+    "height",
+    "width",
+    "generator",
+    "timestep_shift",
+)
+# Guidance defaults of the reference: image mode, and think (text_image) mode.
+IMAGE_GUIDANCE = (4.5, 2.0)
+THINK_GUIDANCE = (3.5, 1.5)
+DEFAULT_STEPS = 20
+DEFAULT_THINK_TOKENS = 200
+DEFAULT_TEXT_TOKENS = 1024
+TIMESTEP_SHIFT = 3.0
+# Generation sizes beyond this multiple of the processor's trained pixel range are refused.
+MAX_AREA_FACTOR = 4
+
+
+class InternVLUPipeline:
+    """InternVL-U: one model that understands, reasons, generates and edits images.
+
+    Args:
+        vlm: `internvlu.vlm.InternVLUChatModel` (InternViT + projector + LLM).
+        generation_decoder: `internvlu.diffusion.InternVLUGenerationDecoder` (the MMDiT head).
+        vae: diffusers `AutoencoderKLQwenImage`.
+        scheduler: a diffusers flow scheduler (the release uses DPM-Solver++ 2M with flow sigmas).
+        processor: `internvlu.processing_internvlu.InternVLUProcessor`.
+    """
+
+    model_cpu_offload_seq = "vlm->generation_decoder->vae"
+
+    def __init__(self, vlm, generation_decoder, vae, scheduler, processor) -> None:
+        self.vlm = vlm
+        self.generation_decoder = generation_decoder
+        self.vae = vae
+        self.scheduler = scheduler
+        self.processor = processor
+        self.processor.template_name = vlm.config.template
+        ids = processor.token_ids()
+        self.token_ids: dict[str, int] = ids
+        for token in (*SPECIAL_TOKEN_LIST, IM_START_TOKEN, IM_END_TOKEN):
+            if ids.get(token) is None:
+                raise ValueError(f"the tokenizer has no id for the required token {token!r}")
+        vlm.set_token_ids([ids[t] for t in SPECIAL_TOKEN_LIST], ids[IMG_CONTEXT_TOKEN])
+        self._model_index: dict[str, Any] | None = None
+        self._progress_config: dict[str, Any] = {}
+        self._offload_device: torch.device | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        torch_dtype: torch.dtype | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        attn_implementation: str = "sdpa",
+    ) -> InternVLUPipeline:
+        """Load a checkpoint folder in the official layout (local only; no network, no remote code).
+
+        Args:
+            path: folder holding model_index.json and the five component folders.
+            torch_dtype / dtype: weights' dtype (default float32); `dtype` is the transformers-5 name.
+            device: where the weights are placed as they are read.
+            attn_implementation: LLM attention ("sdpa" default, "eager", or "flash_attention_2").
+        """
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"torch_dtype={torch_dtype} and dtype={dtype} disagree; pass one")
+        dtype = dtype or torch_dtype or torch.float32
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
+        folder = Path(path)
+        index = read_model_index(folder)
+        device = torch.device(device)
+        classes = {name: resolve_class(name, index[name]) for name in COMPONENTS}
+        vlm = load_torch_component(
+            classes["vlm"], folder / "vlm", device, dtype, attn_implementation=attn_implementation
+        )
+        decoder = load_torch_component(classes["generation_decoder"], folder / "generation_decoder", device, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vae = classes["vae"].from_pretrained(str(folder / "vae"), torch_dtype=dtype).to(device).eval()
+        scheduler = classes["scheduler"].from_pretrained(str(folder / "scheduler"))
+        processor = classes["processor"].from_pretrained(str(folder / "processor"))
+        pipe = cls(vlm, decoder, vae, scheduler, processor)
+        pipe._model_index = index
+        return pipe
+
+    def save_pretrained(self, path: str | Path, max_shard_size: int | str | None = None) -> None:
+        """Write the official layout (model_index.json + five component folders).
+
+        Args:
+            max_shard_size: split `vlm` / `generation_decoder` weights into shards of at most this
+                size (bytes or a string like "2GB"); None writes one file per component.
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        shard = parse_size(max_shard_size)
+        save_torch_component(self.vlm, folder / "vlm", shard)
+        save_torch_component(self.generation_decoder, folder / "generation_decoder", shard)
+        self.vae.save_pretrained(str(folder / "vae"))
+        self.scheduler.save_pretrained(str(folder / "scheduler"))
+        self.processor.save_pretrained(str(folder / "processor"))
+        write_model_index(folder, self._model_index)
+
+    # ------------------------------------------------------------------ device handling
+    @property
+    def device(self) -> torch.device:
+        if self._offload_device is not None:
+            return self._offload_device
+        return next(self.vlm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vlm.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> InternVLUPipeline:
+        """Move (and optionally cast) every model component; returns self."""
+        for module in (self.vlm, self.generation_decoder, self.vae):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """Keep components on the CPU and move each to `device` only while it runs.
+
+        Peak accelerator memory becomes the largest component (the VLM or the MMDiT head) instead
+        of their sum.
+        """
+        target = torch.device(device)
+        if target.type == "cuda" and gpu_id is not None:
+            target = torch.device("cuda", gpu_id)
+        self.to("cpu")
+        self._offload_device = target
+
+    def disable_model_cpu_offload(self) -> None:
+        if self._offload_device is not None:
+            device = self._offload_device
+            self._offload_device = None
+            self.to(device)
+
+    @contextlib.contextmanager
+    def _using(self, module: torch.nn.Module) -> Iterator[None]:
+        """Run `module` on the execution device (moving it there and back under CPU offload)."""
+        if self._offload_device is None:
+            yield
+            return
+        module.to(self._offload_device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            if self._offload_device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm options for the denoising progress bar, e.g. `disable=True` (diffusers convention)."""
+        self._progress_config = dict(kwargs)
+
+    # ------------------------------------------------------------------ the official call
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: Any = None,
+        generation_mode: str = "text",
+        **kwargs: Any,
+    ) -> InternVLUPipelineOutput:
+        """The official entry point: `generation_mode` "text" (answer), "image" (generate or edit when
+        `image` is given) or "text_image" (think first, then draw). Keyword arguments are those of
+        the reference (system_prompt, max_new_tokens, do_sample, temperature, top_p, num_beams,
+        num_inference_steps, num_images_per_prompt, all_cfg_scale, part_cfg_scale, height, width,
+        generator) plus `progress` (bool) and `timestep_shift`.
+        """
+        if generation_mode not in GENERATION_MODES:
+            raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
+        system_prompt = kwargs.pop("system_prompt", None)
+        progress = kwargs.pop("progress", None)
+        text_kw = {k: kwargs.pop(k) for k in TEXT_KWARGS if k in kwargs}
+        image_kw = {k: kwargs.pop(k) for k in IMAGE_KWARGS if k in kwargs}
+        if kwargs:
+            raise TypeError(f"unknown keyword arguments for InternVLUPipeline.__call__: {sorted(kwargs)}")
+        for flag in ("return_dict_in_generate", "output_hidden_states"):
+            if text_kw.pop(flag, False):
+                raise ValueError(f"{flag}=True is not supported; use pipe.vlm.generate for raw generation outputs")
+        if generation_mode == "text":
+            ids, _ = self._answer(prompt, image, system_prompt, text_kw)
+            return InternVLUPipelineOutput(generate_output=ids)
+        height = image_kw.pop("height", None)
+        width = image_kw.pop("width", None)
+        if height is None and width is None:
+            height = self.generation_decoder.config.gen_image_height
+            width = self.generation_decoder.config.gen_image_width
+        elif height is None or width is None:
+            # The reference uses a square of the one side given.
+            height = width = height if height is not None else width
+        think = generation_mode == "text_image"
+        images, ids, _ = self._draw(
+            prompt, image, think=think, height=height, width=width, system_prompt=system_prompt,
+            text_kw=text_kw, progress=progress, **image_kw,
+        )  # fmt: skip
+        return InternVLUPipelineOutput(generate_output=ids, images=images)
+
+    # ------------------------------------------------------------------ typed task methods
+    def chat(
+        self,
+        prompt: str | list[str],
+        images: Any = None,
+        *,
+        system_prompt: str | None = None,
+        max_new_tokens: int = DEFAULT_TEXT_TOKENS,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        num_beams: int = 1,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        streamer: Any = None,
+    ) -> ChatResult:
+        """Answer about zero or more images.
+
+        Args:
+            prompt: one prompt or a batch; `<image>` marks where each image goes (default: first).
+            images: None, one image, a list of images for one prompt, or one entry per prompt in a
+                batch (each entry None, an image or a list of images). Images are PIL images, paths,
+                uint8 arrays or tensors.
+            seed: makes sampling (do_sample=True) reproducible.
+        """
+        text_kw = _sampling_kwargs(max_new_tokens, do_sample, temperature, top_p, top_k, num_beams, repetition_penalty)
+        if seed is not None:
+            torch.manual_seed(_check_seed(seed))
+        ids, texts = self._answer(prompt, _images_for(prompt, images), system_prompt, text_kw, streamer=streamer)
+        return ChatResult(texts=texts, token_ids=[_strip_after_stop(row, self._stop_ids()) for row in ids.tolist()])
+
+    understand = chat
+
+    def stream_chat(self, prompt: str, images: Any = None, **kwargs: Any) -> Iterator[str]:
+        """Yield the answer to one prompt piece by piece as it is generated."""
+        from transformers import TextIteratorStreamer
+
+        if not isinstance(prompt, str):
+            raise TypeError(f"stream_chat takes one prompt string, got {type(prompt).__name__}")
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.chat(prompt, images, streamer=streamer, **kwargs)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    def generate(
+        self,
+        prompt: str | list[str],
+        *,
+        think: bool = False,
+        images: Any = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = DEFAULT_STEPS,
+        all_cfg_scale: float | None = None,
+        part_cfg_scale: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        system_prompt: str | None = None,
+        max_thought_tokens: int = DEFAULT_THINK_TOKENS,
+        progress: bool | None = None,
+    ) -> ImageResult:
+        """Text-to-image (or, with `images`, image-conditioned generation).
+
+        Args:
+            think: write a chain of thought first and draw from it (guidance defaults 3.5 / 1.5).
+            height, width: output size (default: the checkpoint's gen_image_height/width); the model
+                draws at the nearest lower multiple of 16 and resizes to exactly this size.
+            all_cfg_scale, part_cfg_scale: guidance on the full condition and on the images-only
+                condition (defaults 4.5 / 2.0, think 3.5 / 1.5).
+            seed / generator: noise source (seed makes a CPU generator; same seed, same images).
+        """
+        if height is None and width is None:
+            height = self.generation_decoder.config.gen_image_height
+            width = self.generation_decoder.config.gen_image_width
+        elif height is None or width is None:
+            raise ValueError(f"give both height and width or neither, got height={height}, width={width}")
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("pass either seed or generator, not both")
+            generator = torch.Generator("cpu").manual_seed(_check_seed(seed))
+        images_out, _, thoughts = self._draw(
+            prompt, _images_for(prompt, images), think=think, height=height, width=width,
+            system_prompt=system_prompt, text_kw={"max_new_tokens": max_thought_tokens}, progress=progress,
+            num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
+            all_cfg_scale=all_cfg_scale, part_cfg_scale=part_cfg_scale, generator=generator,
+        )  # fmt: skip
+        guidance = THINK_GUIDANCE if think else IMAGE_GUIDANCE
+        return ImageResult(
+            images=images_out,
+            thoughts=thoughts if think else None,
+            size=(images_out[0].height, images_out[0].width),
+            settings={
+                "think": think,
+                "height": height,
+                "width": width,
+                "num_inference_steps": num_inference_steps,
+                "num_images_per_prompt": num_images_per_prompt,
+                "all_cfg_scale": guidance[0] if all_cfg_scale is None else all_cfg_scale,
+                "part_cfg_scale": guidance[1] if part_cfg_scale is None else part_cfg_scale,
+                "seed": seed,
+            },
+        )
+
+    def edit(self, prompt: str | list[str], images: Any, **kwargs: Any) -> ImageResult:
+        """Edit one or more input images by instruction; same options as `generate`.
+
+        The output size defaults to the first input image's size, snapped into the model's pixel
+        range (as the processor would resize it).
+        """
+        if images is None:
+            raise ValueError("edit needs at least one input image (images=None)")
+        images = _images_for(prompt, images)
+        if kwargs.get("height") is None and kwargs.get("width") is None:
+            first = _first_image(images)
+            pil = self.processor.load_image(first)
+            kwargs["height"], kwargs["width"] = self.processor.generation_size_for(pil)
+        return self.generate(prompt, images=images, **kwargs)
+
+    # ------------------------------------------------------------------ internals
+    def _stop_ids(self) -> list[int]:
+        return [self.token_ids[IM_END_TOKEN], self.token_ids[IMG_START_TOKEN]]
+
+    def _pad_id(self) -> int:
+        pad = self.processor.tokenizer.pad_token_id
+        return self.token_ids[IM_END_TOKEN] if pad is None else int(pad)
+
+    def _text_generate(self, input_ids, attention_mask, pixel_values, text_kw, streamer=None, suppress=()):
+        device = self.device
+        kw = dict(text_kw)
+        if suppress:
+            kw["suppress_tokens"] = list(suppress)
+        with self._using(self.vlm), torch.no_grad():
+            return self.vlm.generate(
+                input_ids.to(device),
+                attention_mask.to(device),
+                None if pixel_values is None else pixel_values.to(device, self.dtype),
+                eos_token_id=self._stop_ids(),
+                pad_token_id=self._pad_id(),
+                streamer=streamer,
+                **kw,
+            )
+
+    def _answer(self, prompt, image, system_prompt, text_kw, streamer=None) -> tuple[torch.Tensor, list[str]]:
+        text_kw = dict(text_kw)
+        text_kw.setdefault("max_new_tokens", DEFAULT_TEXT_TOKENS)
+        with self._lock:
+            proc = self.processor(prompt, image=image, generation_mode="text", system_prompt=system_prompt)
+            ids = self._text_generate(proc.input_ids, proc.attention_mask, proc.pixel_values, text_kw, streamer)
+        stops = self._stop_ids()
+        texts = [
+            self.processor.tokenizer.decode(_strip_after_stop(row, stops), skip_special_tokens=True)
+            for row in ids.tolist()
+        ]
+        return ids, texts
+
+    def _draw(
+        self,
+        prompt,
+        image,
+        *,
+        think: bool,
+        height: int,
+        width: int,
+        system_prompt: str | None,
+        text_kw: dict[str, Any],
+        progress: bool | None,
+        num_inference_steps: int = DEFAULT_STEPS,
+        num_images_per_prompt: int = 1,
+        all_cfg_scale: float | None = None,
+        part_cfg_scale: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        timestep_shift: float = TIMESTEP_SHIFT,
+    ) -> tuple[list[Image.Image], torch.Tensor | None, list[str] | None]:
+        """Generate (or edit) images; in think mode write the thought first. Returns (images, ids, thoughts)."""
+        _check_positive_int("num_inference_steps", num_inference_steps)
+        _check_positive_int("num_images_per_prompt", num_images_per_prompt)
+        self._check_size(height, width)
+        default_all, default_part = THINK_GUIDANCE if think else IMAGE_GUIDANCE
+        all_cfg = default_all if all_cfg_scale is None else float(all_cfg_scale)
+        part_cfg = default_part if part_cfg_scale is None else float(part_cfg_scale)
+        mode = "text_image" if think else "image"
+        with self._lock:
+            proc = self.processor(
+                prompt, image=image, generation_mode=mode, height=height, width=width, system_prompt=system_prompt
+            )
+            B = proc.num_prompts
+            input_ids, attention_mask = proc.input_ids, proc.attention_mask
+            cot_ids, thoughts = None, None
+            if think:
+                text_kw = dict(text_kw)
+                text_kw.setdefault("max_new_tokens", DEFAULT_THINK_TOKENS)
+                n_cond_images = sum(proc.images_per_row[:B])
+                pv = None if proc.pixel_values is None else proc.pixel_values[:n_cond_images]
+                # <IMG_CONTEXT> is a placeholder for ViT features, never text: a thought containing it
+                # could not be re-embedded, so it is suppressed while thinking.
+                cot_ids = self._text_generate(
+                    input_ids[:B], attention_mask[:B], pv, text_kw, suppress=[self.token_ids[IMG_CONTEXT_TOKEN]]
+                ).cpu()
+                input_ids, attention_mask, kept = stages.splice_thoughts(
+                    input_ids, attention_mask, cot_ids, B, self._stop_ids(),
+                    self.token_ids[IMG_START_TOKEN], self._pad_id(),
+                )  # fmt: skip
+                thoughts = [_clean_thought(self.processor.tokenizer.decode(k, skip_special_tokens=True)) for k in kept]
+            latents = self._sample_latents(
+                proc, input_ids, attention_mask, num_inference_steps, num_images_per_prompt,
+                all_cfg, part_cfg, generator, timestep_shift, progress,
+            )  # fmt: skip
+            with self._using(self.vae):
+                pixels = stages.decode_latents(self.vae, latents.to(self.device))
+        images = stages.pixels_to_pil(pixels)
+        if images[0].size != (width, height):
+            images = [im.resize((width, height), Image.Resampling.LANCZOS) for im in images]
+        return images, cot_ids, thoughts
+
+    def _check_size(self, height: Any, width: Any) -> None:
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 16:
+                raise ValueError(f"{name} must be at least 16 pixels, got {value}")
+        limit = self.processor.max_generation_pixels() * MAX_AREA_FACTOR
+        if height * width > limit:
+            raise ValueError(
+                f"height x width = {height} x {width} = {height * width} pixels is over this checkpoint's limit of "
+                f"{limit} ({MAX_AREA_FACTOR}x its trained maximum)"
+            )
+
+    @torch.no_grad()
+    def _condition(self, input_ids, attention_mask, pixel_values):
+        """One VLM forward over all guidance rows -> per-row conditioning states and image masks."""
+        device = self.device
+        with self._using(self.vlm):
+            hidden_states = self.vlm.forward_hidden_states(
+                input_ids.to(device),
+                attention_mask.to(device),
+                None if pixel_values is None else pixel_values.to(device, self.dtype),
+            )
+        layers = self.generation_decoder.config.vlm_select_layer
+        hidden = torch.cat([hidden_states[i] for i in layers], dim=-1)  # [R, L, J]
+        spans = stages.conditioning_spans(
+            input_ids, attention_mask, self.token_ids[IM_START_TOKEN], self.token_ids[IMG_START_TOKEN]
+        )
+        return stages.gather_conditioning(
+            hidden, input_ids.to(device), attention_mask.to(device), spans, self.token_ids[IMG_CONTEXT_TOKEN]
+        )
+
+    def _vit_grid(self) -> int:
+        cfg = self.vlm.config
+        size = cfg.force_image_size or cfg.vision_config.image_size
+        return int(size // cfg.vision_config.patch_size * cfg.downsample_ratio)
+
+    @torch.no_grad()
+    def _sample_latents(
+        self, proc, input_ids, attention_mask, steps, n, all_cfg, part_cfg, generator, shift, progress
+    ) -> torch.Tensor:
+        B = proc.num_prompts
+        R = 3 * B
+        device = self.device
+        states, image_masks = self._condition(input_ids, attention_mask, proc.pixel_values)
+        gen_grids, ref_grids = stages.split_grids(proc.image_grid_thw_gen, proc.generation_flags, proc.images_per_row)
+
+        # Reference latents: the conditional and text-dropped rows hold the same images, in the same
+        # order, so only the conditional half is encoded (the padded batch is the reference's).
+        ref_latents: list[list[torch.Tensor]] = [[] for _ in range(R)]
+        if proc.pixel_values_gen is not None:
+            n_cond = sum(proc.images_per_row[:B])
+            if proc.pixel_values_gen.shape[0] != 2 * n_cond:
+                raise AssertionError(f"{proc.pixel_values_gen.shape[0]} reference images for {n_cond} per half")
+            with self._using(self.vae):
+                encoded = stages.encode_references(self.vae, proc.pixel_values_gen[:n_cond].to(device))
+            encoded = encoded.to(self.generation_decoder_dtype)
+            k = 0
+            for r in range(B):
+                for grid in ref_grids[r]:
+                    h, w = int(grid[1]), int(grid[2])
+                    ref_latents[r].append(encoded[k, :, :h, :w])  # [C, h, w], crop the batch padding
+                    k += 1
+                ref_latents[B + r] = list(ref_latents[r])
+        g = self._vit_grid()
+        fhw = [torch.tensor([[1, g, g]] * proc.images_per_row[r], dtype=torch.long).reshape(-1, 3) for r in range(R)]
+
+        # Row order after num_images_per_prompt: block-major, then prompt, then copy.
+        order = [blk * B + b for blk in range(3) for b in range(B) for _ in range(n)]
+        # Text-to-image: the text-dropped and all-dropped rows are the same prompt, so the head runs
+        # on two blocks instead of three and reuses the result.
+        same_pu = all(
+            torch.equal(states[B + b], states[2 * B + b]) and not ref_latents[B + b] for b in range(B)
+        )
+        blocks = (0, 2) if same_pu else (0, 1, 2)
+        rows = [order[blk * B * n + i] for blk in blocks for i in range(B * n)]
+        dec_states = [states[r].to(self.generation_decoder_dtype) for r in rows]
+        dec_masks = [image_masks[r] for r in rows]
+        dec_grids = gen_grids[rows].to(device)
+        dec_fhw = [fhw[r].to(device) for r in rows]
+        dec_refs = [ref_latents[r] for r in rows]
+
+        h_l, w_l = int(gen_grids[:, 1].max()), int(gen_grids[:, 2].max())
+        channels = self.vae.config.z_dim
+        latents = _noise((B * n, channels, h_l, w_l), generator, device)  # [B*n, C, h, w] fp32
+
+        def velocity(x: torch.Tensor, t: torch.Tensor):
+            k = len(blocks)
+            model_in = x.repeat(k, 1, 1, 1).to(self.generation_decoder_dtype)  # [k*B*n, C, h, w]
+            timestep = t.to(device).expand(model_in.shape[0])
+            with self._using(self.generation_decoder):
+                out = self.generation_decoder(
+                    model_in, timestep, dec_states, dec_masks, dec_grids, dec_fhw, dec_refs
+                ).float()
+            chunks = out.chunk(k)  # k x [B*n, C, h, w]
+            if k == 3:
+                return chunks[0], chunks[1], chunks[2]
+            return chunks[0], chunks[1], chunks[1]  # text-dropped row == all-dropped row
+
+        scheduler = type(self.scheduler).from_config(self.scheduler.config, flow_shift=shift)
+        scheduler.set_timesteps(steps, device=device)
+        bar = None
+        show = progress if progress is not None else not self._progress_config.get("disable", False)
+        if show:
+            from tqdm.auto import tqdm
+
+            options = {k: v for k, v in self._progress_config.items() if k != "disable"}
+            bar = tqdm(total=steps, desc="denoising", **options)
+        try:
+            return denoise(
+                velocity, scheduler, latents, all_cfg, part_cfg, NORM_TRUNC_TIMESTEP,
+                on_step=(lambda i, total: bar.update(1)) if bar is not None else None,
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @property
+    def generation_decoder_dtype(self) -> torch.dtype:
+        return next(self.generation_decoder.parameters()).dtype
+
+    def __repr__(self) -> str:
+        return f"InternVLUPipeline(device={self.device}, dtype={self.dtype}, template={self.processor.template_name!r})"
+
+    def copy(self) -> InternVLUPipeline:
+        """A shallow copy sharing the models (own scheduler and progress settings)."""
+        twin = copy.copy(self)
+        twin.scheduler = copy.deepcopy(self.scheduler)
+        twin._progress_config = dict(self._progress_config)
+        return twin
+
+
+# ---------------------------------------------------------------------- helpers
+def _noise(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
+    """fp32 Gaussian noise; generators may live on another device (diffusers' randn_tensor rules)."""
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {shape[0]} images; pass one per image")
+        return torch.cat([_noise((1, *shape[1:]), g, device) for g in generator])
+    gen_device = generator.device if generator is not None else device
+    noise = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
+    return noise.to(device)
+
+
+def _sampling_kwargs(max_new_tokens, do_sample, temperature, top_p, top_k, num_beams, repetition_penalty):
+    _check_positive_int("max_new_tokens", max_new_tokens)
+    _check_positive_int("num_beams", num_beams)
+    kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample), "num_beams": num_beams}
+    if temperature is not None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        kw["temperature"] = float(temperature)
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        kw["top_p"] = float(top_p)
+    if top_k is not None:
+        _check_positive_int("top_k", top_k)
+        kw["top_k"] = top_k
+    if repetition_penalty is not None:
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+        kw["repetition_penalty"] = float(repetition_penalty)
+    return kw
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return seed
+
+
+def _strip_after_stop(row: list[int], stops: Sequence[int]) -> list[int]:
+    for i, tok in enumerate(row):
+        if tok in stops:
+            return row[:i]
+    return row
+
+
+def _clean_thought(text: str) -> str:
+    return text.replace("<think>", "").replace("</think>", "").strip()
+
+
+def _images_for(prompt: Any, images: Any) -> Any:
+    """Typed-API image argument -> the processor's per-prompt form.
+
+    For one prompt, a plain list means several images of that prompt; for a batch, the list has one
+    entry per prompt.
+    """
+    if images is None:
+        return None
+    if isinstance(prompt, str):
+        return [list(images)] if isinstance(images, (list, tuple)) else images
+    return images
+
+
+def _first_image(images: Any) -> Any:
+    while isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("edit needs at least one input image (got an empty list)")
+        candidates = [x for x in images if x is not None]
+        if not candidates:
+            raise ValueError("edit needs at least one input image (all entries are None)")
+        images = candidates[0]
+    return images

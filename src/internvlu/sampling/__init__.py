@@ -1,0 +1,1 @@
+"""Pure sampling functions: flow-matching schedule helpers, guidance, the denoising loop."""

@@ -1,0 +1,45 @@
+"""The denoising loop as one short function: model and scheduler are arguments, no I/O.
+
+Latents stay fp32 between steps (as in the reference); the velocity model is called once per step
+on all guidance rows at once and returns the three row blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .guidance import NORM_TRUNC_TIMESTEP, combine_guidance
+
+# velocity_fn(latents [N, C, H, W] fp32, timestep int) -> (v_cond, v_text_dropped, v_uncond), each [N, C, H, W]
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def denoise(
+    velocity_fn: VelocityFn,
+    scheduler,
+    latents: torch.Tensor,
+    all_cfg_scale: float,
+    part_cfg_scale: float,
+    norm_trunc_timestep: int = NORM_TRUNC_TIMESTEP,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Run the scheduler's timesteps and return the final latents.
+
+    Args:
+        velocity_fn: returns the three guidance rows' velocities for the current latents.
+        scheduler: a diffusers scheduler on which `set_timesteps` was already called.
+        latents: initial noise [N, C, H, W] (fp32).
+        on_step: called as on_step(step_index, total_steps) after every step (progress bars).
+    """
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        v_c, v_p, v_u = velocity_fn(latents, t)
+        v = combine_guidance(
+            v_c.float(), v_p.float(), v_u.float(), int(t), all_cfg_scale, part_cfg_scale, norm_trunc_timestep
+        )
+        latents = scheduler.step(v, t, latents, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i + 1, len(timesteps))
+    return latents
