@@ -31,6 +31,7 @@ from ..constants import (
     IMG_START_TOKEN,
     SPECIAL_TOKEN_LIST,
 )
+from ..processing.images import load_image
 from ..sampling.denoise import denoise
 from ..sampling.guidance import NORM_TRUNC_TIMESTEP
 from . import stages
@@ -185,6 +186,10 @@ class InternVLUPipeline:
         """Move (and optionally cast) every model component; returns self."""
         for module in (self.vlm, self.generation_decoder, self.vae):
             module.to(device=device, dtype=dtype)
+        if dtype is not None:
+            # Rotary inverse frequencies are kept in fp32; a blanket cast would round them.
+            for module in (self.vlm, self.generation_decoder):
+                module.init_non_persistent_buffers()
         return self
 
     def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
@@ -393,9 +398,8 @@ class InternVLUPipeline:
             raise ValueError("edit needs at least one input image (images=None)")
         images = _images_for(prompt, images)
         if kwargs.get("height") is None and kwargs.get("width") is None:
-            first = _first_image(images)
-            pil = self.processor.load_image(first)
-            kwargs["height"], kwargs["width"] = self.processor.generation_size_for(pil)
+            first = load_image(_first_image(images), self.processor.max_image_pixels)
+            kwargs["height"], kwargs["width"] = self.processor.generation_processor.target_size(first.height, first.width)
         return self.generate(prompt, images=images, **kwargs)
 
     # ------------------------------------------------------------------ internals
@@ -500,7 +504,7 @@ class InternVLUPipeline:
                 raise TypeError(f"{name} must be an int, got {value!r}")
             if value < 16:
                 raise ValueError(f"{name} must be at least 16 pixels, got {value}")
-        limit = self.processor.max_generation_pixels() * MAX_AREA_FACTOR
+        limit = self.processor.generation_processor.max_pixels * MAX_AREA_FACTOR
         if height * width > limit:
             raise ValueError(
                 f"height x width = {height} x {width} = {height * width} pixels is over this checkpoint's limit of "

@@ -25,7 +25,7 @@ from PIL import Image
 
 from internvlu.utils.config import ConfigBase
 
-ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]
+ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray, torch.Tensor]  # noqa: UP007 (runtime alias)
 
 # PIL resampling filter id of bicubic (PIL.Image.Resampling.BICUBIC == 3), as stored in processor_config.json.
 PIL_BICUBIC = 3
@@ -33,14 +33,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 _CHANNEL_COUNTS = (1, 3, 4)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Loading and validation
-# ----------------------------------------------------------------------------------------------------------
-
-
-def is_image_like(obj: Any) -> bool:
-    """True for the input kinds `load_image` accepts (does not open files)."""
-    return isinstance(obj, (Image.Image, str, os.PathLike, np.ndarray, torch.Tensor))
+# --------------------------------------------------------------------------------------------------
 
 
 def _check_pixels(height: int, width: int, max_pixels: int, what: str) -> None:
@@ -54,22 +49,23 @@ def _check_pixels(height: int, width: int, max_pixels: int, what: str) -> None:
 
 
 def _open_path(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    """Decode an image file to RGB; the pixel-count guard runs on the header, before decoding."""
     path_str = os.fspath(path)
     if not os.path.isfile(path_str):
         raise ValueError(f"image path {path_str!r} does not exist or is not a file")
     try:
-        # Image.open only parses the header, so the size check below runs before any pixel is decoded.
-        img = Image.open(path_str)
+        img = Image.open(path_str)  # parses the header only
     except Image.DecompressionBombError as exc:
         raise ValueError(f"image file {path_str!r} is too large for PIL (decompression bomb): {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image file {path_str!r}: {exc}") from exc
-    _check_pixels(img.height, img.width, max_pixels, f"image file {path_str!r}")
-    try:
-        img.load()  # decode now, so truncated files fail here, with the path in the message
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot decode image file {path_str!r} (truncated or corrupt?): {exc}") from exc
-    return img
+    with img:
+        _check_pixels(img.height, img.width, max_pixels, f"image file {path_str!r}")
+        try:
+            img.load()  # decode now, so truncated files fail here, with the path in the message
+            return img.convert("RGB")  # a new image: it outlives the closed file
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"cannot decode image file {path_str!r} (truncated or corrupt?): {exc}") from exc
 
 
 def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
@@ -78,11 +74,11 @@ def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
         raise TypeError(f"{what} must have dtype uint8 (0..255), got {arr.dtype}")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 2:
-        return Image.fromarray(np.ascontiguousarray(arr), mode="L")
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ValueError(f"{what} must be HW or HWC with C in {_CHANNEL_COUNTS}, got shape {tuple(arr.shape)}")
-    return Image.fromarray(np.ascontiguousarray(arr), mode="RGB" if arr.shape[-1] == 3 else "RGBA")
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        raise ValueError(
+            f"{what} must be HW or HWC with C in {_CHANNEL_COUNTS}, got shape {tuple(arr.shape)}"
+        )
+    return Image.fromarray(np.ascontiguousarray(arr))  # uint8: HW -> "L", HWx3 -> "RGB", HWx4 -> "RGBA"
 
 
 def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
@@ -100,12 +96,12 @@ def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) ->
         what = f"PIL image (mode {image.mode})"
         _check_pixels(image.height, image.width, max_pixels, what)
         try:
+            image.load()  # a lazily opened file decodes here; a truncated one fails here
             return image if image.mode == "RGB" else image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as exc:  # lazily opened, truncated file
+        except (OSError, SyntaxError, ValueError) as exc:
             raise ValueError(f"cannot decode {what}: {exc}") from exc
     if isinstance(image, (str, os.PathLike)):
-        img = _open_path(image, max_pixels)
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return _open_path(image, max_pixels)
     if isinstance(image, np.ndarray):
         what = f"numpy image of shape {tuple(image.shape)}"
         if image.ndim not in (2, 3):
@@ -124,8 +120,8 @@ def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) ->
         _check_pixels(t.shape[0], t.shape[1], max_pixels, what)
         return _array_to_pil(t.numpy(), what).convert("RGB")
     raise TypeError(
-        f"expected an image (PIL.Image, path, numpy uint8 array or torch uint8 tensor), got {type(image).__name__}: "
-        f"{image!r:.80}"
+        "expected an image (PIL.Image, path, numpy uint8 array or torch uint8 tensor), "
+        f"got {type(image).__name__}: {image!r:.80}"
     )
 
 
@@ -140,9 +136,9 @@ def round_to_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(torch.float32)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Understanding side
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _check_mean_std(name: str, values: tuple[float, ...]) -> None:
@@ -155,7 +151,9 @@ def _check_mean_std(name: str, values: tuple[float, ...]) -> None:
 def _require_true(obj: ConfigBase, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(obj, name) is not True:
-            raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r} is not supported (must be true)")
+            raise ValueError(
+                f"{type(obj).__name__}.{name}={getattr(obj, name)!r} is not supported (must be true)"
+            )
 
 
 @dataclasses.dataclass
@@ -208,16 +206,17 @@ class UnderstandingImageProcessor(ConfigBase):
         x = pil_to_uint8_chw(image)[None]  # [1, 3, h, w] uint8
         # Interpolating the uint8 tensor (output uint8, rounded and clamped) is what torchvision's resize does
         # for uint8 inputs; interpolating in float instead differs by up to 0.02 after normalisation.
-        x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False)[0]  # [3, H, W]
-        # Fused rescale+normalise of the reference fast processor: mean/std are pre-multiplied by 1/rescale in fp32.
+        x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False)
+        x = x[0]  # [3, H, W] uint8
+        # Fused rescale+normalise of the reference fast processor: mean/std pre-scaled by 1/rescale in fp32.
         mean = torch.tensor(self.image_mean, dtype=torch.float32) * (1.0 / self.rescale_factor)
         std = torch.tensor(self.image_std, dtype=torch.float32) * (1.0 / self.rescale_factor)
         return (x.to(torch.float32) - mean[:, None, None]) / std[:, None, None]
 
 
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Generation side
-# ----------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def smart_resize(
@@ -230,7 +229,8 @@ def smart_resize(
 ) -> tuple[int, int]:
     """Target (height, width): multiples of `factor`, area in [min_pixels, max_pixels], aspect ratio ~kept.
 
-    Python's `round` is banker's rounding (round(4.5) == 4): a 72x96 (HxW) image becomes 64x96, as in the reference.
+    Python's `round` is banker's rounding (round(4.5) == 4): a 72x96 (HxW) image becomes 64x96, as in the
+    reference.
     """
     if height < factor or width < factor:
         raise ValueError(f"image of {width}x{height} (WxH) is too small: both sides must be >= {factor} px")
@@ -259,10 +259,12 @@ def smart_resize(
 
 @dataclasses.dataclass
 class GenerationImageProcessor(ConfigBase):
-    """VAE-side preprocessing of reference images; JSON form is `processor_config.json["image_gen_processor_kwargs"]`.
+    """VAE-side preprocessing of reference images.
 
+    JSON form: `processor_config.json["image_gen_processor_kwargs"]`.
     Pixel range: min_dynamic_patch * vae_downsample_factor**2 .. max_dynamic_patch * vae_downsample_factor**2.
-    Sizes are multiples of `factor = vae_downsample_factor * merge_size` (16), `merge_size = int(1/gen_down_sample_ratio)`.
+    Sides are multiples of `factor = vae_downsample_factor * merge_size` (16), where
+    `merge_size = int(1 / gen_down_sample_ratio)`.
     """
 
     vae_downsample_factor: int = 8
@@ -284,24 +286,33 @@ class GenerationImageProcessor(ConfigBase):
     def validate(self) -> None:
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
         if not isinstance(self.vae_downsample_factor, int) or self.vae_downsample_factor <= 0:
-            raise ValueError(f"vae_downsample_factor must be a positive int, got {self.vae_downsample_factor!r}")
+            raise ValueError(
+                f"vae_downsample_factor must be a positive int, got {self.vae_downsample_factor!r}"
+            )
         if not 0 < self.gen_down_sample_ratio <= 1:
             raise ValueError(f"gen_down_sample_ratio must be in (0, 1], got {self.gen_down_sample_ratio!r}")
         if self.temporal_patch_size != 1:
-            # With the reference class default 2, a still image would be re-assembled into 6 channels the VAE cannot take.
-            raise ValueError(f"temporal_patch_size must be 1 for still images, got {self.temporal_patch_size!r}")
+            # With the reference class default 2, a still image becomes 6 channels, which the VAE cannot take.
+            raise ValueError(
+                f"temporal_patch_size must be 1 for still images, got {self.temporal_patch_size!r}"
+            )
         if not 0 < self.min_dynamic_patch <= self.max_dynamic_patch:
             raise ValueError(
-                f"need 0 < min_dynamic_patch <= max_dynamic_patch, got {self.min_dynamic_patch}, {self.max_dynamic_patch}"
+                "need 0 < min_dynamic_patch <= max_dynamic_patch, "
+                f"got {self.min_dynamic_patch}, {self.max_dynamic_patch}"
             )
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < self.factor):
+        if self.max_length is not None and (
+            not isinstance(self.max_length, int) or self.max_length < self.factor
+        ):
             raise ValueError(f"max_length must be None or an int >= {self.factor}, got {self.max_length!r}")
         if self.resample != PIL_BICUBIC:
             raise ValueError(f"resample={self.resample!r} is not supported: only bicubic ({PIL_BICUBIC})")
         if not self.rescale_factor > 0:
             raise ValueError(f"rescale_factor must be > 0, got {self.rescale_factor}")
         if self.do_pad:
-            raise ValueError("do_pad=True is not supported (the reference requires do_resize=True, do_pad=False)")
+            raise ValueError(
+                "do_pad=True is not supported (the reference requires do_resize=True, do_pad=False)"
+            )
         _check_mean_std("image_mean", self.image_mean)
         _check_mean_std("image_std", self.image_std)
         _require_true(self, ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb"))
@@ -328,7 +339,7 @@ class GenerationImageProcessor(ConfigBase):
         return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels, self.max_length)
 
     def grid_thw(self, height: int, width: int) -> tuple[int, int, int]:
-        """`image_grid_thw` row of an image of that (already resized) size: (1, H/8, W/8) in VAE-latent pixels."""
+        """`image_grid_thw` row of an image of that (resized) size: (1, H/8, W/8) in VAE-latent pixels."""
         return (1, height // self.vae_downsample_factor, width // self.vae_downsample_factor)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -346,8 +357,8 @@ class GenerationImageProcessor(ConfigBase):
 def pad_to_batch_max(images: list[torch.Tensor]) -> torch.Tensor:
     """Zero-pad [3, h, w] images at the bottom/right to the largest h and w -> [K, 3, Hmax, Wmax].
 
-    Reference behaviour (`pad_images`), kept for parity of batched edits: the padded area is cropped away after
-    VAE encoding but can leak into edge latents through the VAE's receptive field.
+    Reference behaviour (`pad_images`), kept for parity of batched edits: the padded area is cropped away
+    after VAE encoding but can leak into edge latents through the VAE's receptive field.
     """
     assert images, "pad_to_batch_max needs at least one image"
     h_max = max(img.shape[-2] for img in images)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
+from typing_extensions import Self
 
 from internvlu.utils.config import ConfigBase
-
-T = TypeVar("T", bound="_RoundTripConfig")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -34,7 +33,7 @@ class _RoundTripConfig(ConfigBase):
         return known
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
         names = cls.field_names()
@@ -125,7 +124,9 @@ class InternVisionConfig(_RoundTripConfig):
                 f"num_attention_heads={self.num_attention_heads}"
             )
         if self.image_size < self.patch_size:
-            raise ValueError(f"{owner}.image_size={self.image_size} is smaller than patch_size={self.patch_size}")
+            raise ValueError(
+                f"{owner}.image_size={self.image_size} is smaller than patch_size={self.patch_size}"
+            )
         if self.norm_type not in self.NORM_TYPES:
             raise ValueError(f"{owner}.norm_type must be one of {self.NORM_TYPES}, got {self.norm_type!r}")
         if self.hidden_act not in ACT2FN:
@@ -232,7 +233,9 @@ class InternVLUChatConfig(_RoundTripConfig):
             raise TypeError(f"{owner}.llm_config must be a dict, got {type(self.llm_config).__name__}")
         archs = self.llm_config.get("architectures")
         if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
-            raise ValueError(f"{owner}.llm_config['architectures'] must be a non-empty list of str, got {archs!r}")
+            raise ValueError(
+                f"{owner}.llm_config['architectures'] must be a non-empty list of str, got {archs!r}"
+            )
         if self.model_type != self.MODEL_TYPE:
             raise ValueError(f"{owner}.model_type must be {self.MODEL_TYPE!r}, got {self.model_type!r}")
         if not isinstance(self.template, str) or not self.template:
@@ -245,7 +248,7 @@ class InternVLUChatConfig(_RoundTripConfig):
         if self.force_image_size is not None:
             _require_positive_int(owner, "force_image_size", self.force_image_size)
         if isinstance(self.select_layer, bool) or not isinstance(self.select_layer, int):
-            raise ValueError(f"{owner}.select_layer must be an int, got {self.select_layer!r}")
+            raise TypeError(f"{owner}.select_layer must be an int, got {self.select_layer!r}")
         num_states = self.vision_config.num_hidden_layers + 1
         if not -num_states <= self.select_layer < num_states:
             raise ValueError(
@@ -254,7 +257,9 @@ class InternVLUChatConfig(_RoundTripConfig):
             )
         if self.anyres_image_size:
             # The reference's anyres branch passes grid_thw to a ViT that cannot take it (spec §1.2).
-            raise ValueError(f"{owner}.anyres_image_size=True is not supported (the reference cannot run it either)")
+            raise ValueError(
+                f"{owner}.anyres_image_size=True is not supported (the reference cannot run it either)"
+            )
 
     @property
     def llm_architecture(self) -> str:
@@ -277,21 +282,17 @@ class InternVLUChatConfig(_RoundTripConfig):
         As in the reference, `tie_word_embeddings` comes from `llm_config` (class default when absent);
         the top-level field is only stored.
         """
-        classes = _llm_classes()
-        arch = self.llm_architecture
-        if arch not in classes:
-            raise ValueError(
-                f"unsupported llm_config architecture {arch!r}; supported: {', '.join(SUPPORTED_LLM_ARCHITECTURES)}"
-            )
-        config_cls, _ = classes[arch]
+        config_cls, _ = self._llm_classes()
         return config_cls.from_dict(copy.deepcopy(self.llm_config))
 
     def llm_model_class(self) -> type:
         """The transformers *ForCausalLM class named by `llm_config.architectures[0]`."""
+        return self._llm_classes()[1]
+
+    def _llm_classes(self) -> tuple[type, type]:
         classes = _llm_classes()
         arch = self.llm_architecture
         if arch not in classes:
-            raise ValueError(
-                f"unsupported llm_config architecture {arch!r}; supported: {', '.join(SUPPORTED_LLM_ARCHITECTURES)}"
-            )
-        return classes[arch][1]
+            supported = ", ".join(SUPPORTED_LLM_ARCHITECTURES)
+            raise ValueError(f"unsupported llm_config architecture {arch!r}; supported: {supported}")
+        return classes[arch]

@@ -42,7 +42,8 @@ class InternVLUChatModel(nn.Module):
             raise TypeError(f"config must be an InternVLUChatConfig, got {type(config).__name__}")
         if attn_implementation not in LLM_ATTN_IMPLEMENTATIONS:
             raise ValueError(
-                f"unknown attn_implementation {attn_implementation!r}; expected one of {LLM_ATTN_IMPLEMENTATIONS}"
+                f"unknown attn_implementation {attn_implementation!r}; "
+                f"expected one of {LLM_ATTN_IMPLEMENTATIONS}"
             )
         self.config = config
         self.attn_implementation = attn_implementation
@@ -54,11 +55,14 @@ class InternVLUChatModel(nn.Module):
 
         llm_config = config.build_llm_config()
         llm_config._attn_implementation = attn_implementation
+        # The transformers config object of the LLM (config.llm_config stays the raw dict of the file).
         self.llm_config = llm_config
         llm_hidden = llm_config.hidden_size
         vit_hidden = vcfg.hidden_size * self.shuffle_factor**2
 
-        self.vision_model = InternVisionModel(vcfg, attn_implementation="eager" if attn_implementation == "eager" else "sdpa")
+        self.vision_model = InternVisionModel(
+            vcfg, attn_implementation="eager" if attn_implementation == "eager" else "sdpa"
+        )
         # Indices 0, 1, 3 carry weights (2 is the GELU): the official keys are mlp1.0/1/3.
         self.mlp1 = nn.Sequential(
             nn.LayerNorm(vit_hidden),
@@ -76,7 +80,9 @@ class InternVLUChatModel(nn.Module):
         self._cache_kwarg = _cache_kwarg_name(self.language_model.model.forward)
 
     @classmethod
-    def from_config(cls, config: InternVLUChatConfig, attn_implementation: str = "sdpa") -> InternVLUChatModel:
+    def from_config(
+        cls, config: InternVLUChatConfig, attn_implementation: str = "sdpa"
+    ) -> InternVLUChatModel:
         return cls(config, attn_implementation=attn_implementation)
 
     @property
@@ -94,7 +100,8 @@ class InternVLUChatModel(nn.Module):
         ids = tuple(int(i) for i in special_token_ids)
         if len(ids) != len(SPECIAL_TOKEN_LIST):
             raise ValueError(
-                f"special_token_ids must hold {len(SPECIAL_TOKEN_LIST)} ids (one per {SPECIAL_TOKEN_LIST}), got {len(ids)}"
+                f"special_token_ids must hold {len(SPECIAL_TOKEN_LIST)} ids "
+                f"(one per {SPECIAL_TOKEN_LIST}), got {len(ids)}"
             )
         if len(set(ids)) != len(ids):
             raise ValueError(f"special_token_ids must be distinct, got {ids}")
@@ -103,7 +110,9 @@ class InternVLUChatModel(nn.Module):
         if bad:
             raise ValueError(f"token ids {bad} are outside the LLM vocabulary of size {vocab}")
         if int(img_context_token_id) not in ids:
-            raise ValueError(f"img_context_token_id={img_context_token_id} is not among special_token_ids {ids}")
+            raise ValueError(
+                f"img_context_token_id={img_context_token_id} is not among special_token_ids {ids}"
+            )
         self.special_token_ids = ids
         self.img_context_token_id = int(img_context_token_id)
 
@@ -116,13 +125,17 @@ class InternVLUChatModel(nn.Module):
         """
         device = self.language_model.get_input_embeddings().weight.device
         if device.type == "meta":
-            raise RuntimeError("load the weights (load_state_dict(..., assign=True)) before init_non_persistent_buffers")
+            raise RuntimeError(
+                "load the weights (load_state_dict(..., assign=True)) before init_non_persistent_buffers"
+            )
         for name, module in self.named_modules():
             non_persistent = getattr(module, "_non_persistent_buffers_set", set())
             if not non_persistent:
                 continue
             if not type(module).__name__.endswith("RotaryEmbedding"):
-                raise RuntimeError(f"don't know how to rebuild non-persistent buffers {sorted(non_persistent)} of {name}")
+                raise RuntimeError(
+                    f"don't know how to rebuild non-persistent buffers {sorted(non_persistent)} of {name}"
+                )
             with torch.device("cpu"):
                 fresh = type(module)(module.config)
             for buf in non_persistent:
@@ -131,15 +144,23 @@ class InternVLUChatModel(nn.Module):
         if getattr(self.llm_config, "tie_word_embeddings", False):
             self.language_model.tie_weights()
 
+    def tied_weights(self) -> dict[str, str]:
+        """{key that may be absent from a checkpoint: key it shares storage with} (a tied LM head)."""
+        if getattr(self.llm_config, "tie_word_embeddings", False):
+            return {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
+        return {}
+
     def gradient_checkpointing_enable(self) -> None:
         """Activation checkpointing for both the ViT blocks and the LLM layers (training)."""
         self.vision_model.encoder.gradient_checkpointing = True
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.language_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
 
     # ------------------------------------------------------------------ vision
 
     def extract_feature(self, pixel_values: Tensor) -> Tensor:
-        """Normalised images [N, 3, H, W] -> LLM-width image tokens [N, (H/p)(W/p)/f^2, D_llm] (256 at 448 px)."""
+        """Normalised images [N, 3, H, W] -> image tokens [N, (H/p)(W/p)/f^2, D_llm] (256 at 448 px)."""
         out = self.vision_model(pixel_values, output_hidden_states=self.select_layer != -1)
         if self.select_layer == -1:
             vit = out.last_hidden_state
@@ -216,7 +237,8 @@ class InternVLUChatModel(nn.Module):
         """
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+                f"attention_mask shape {tuple(attention_mask.shape)} != "
+                f"input_ids shape {tuple(input_ids.shape)}"
             )
         embeds = self.build_inputs_embeds(input_ids, pixel_values)
         generate_kwargs.setdefault("do_sample", False)

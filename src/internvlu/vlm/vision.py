@@ -109,7 +109,8 @@ class InternAttention(nn.Module):
         super().__init__()
         if attn_implementation not in VIT_ATTN_IMPLEMENTATIONS:
             raise ValueError(
-                f"unknown ViT attn_implementation {attn_implementation!r}; expected one of {VIT_ATTN_IMPLEMENTATIONS}"
+                f"unknown ViT attn_implementation {attn_implementation!r}; "
+                f"expected one of {VIT_ATTN_IMPLEMENTATIONS}"
             )
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -117,7 +118,9 @@ class InternAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.attn_implementation = attn_implementation
         # The reference uses flash-attn only when the config asks for it AND it is installed.
-        self.use_flash_attn = config.use_flash_attn and _FLASH_ATTN_AVAILABLE and attn_implementation != "eager"
+        self.use_flash_attn = (
+            config.use_flash_attn and _FLASH_ATTN_AVAILABLE and attn_implementation != "eager"
+        )
         self.attention_dropout = config.attention_dropout
         self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=config.qkv_bias)
         self.qk_normalization = config.qk_normalization
@@ -136,8 +139,12 @@ class InternAttention(nn.Module):
             from flash_attn import flash_attn_func
 
             out = flash_attn_func(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                dropout_p=dropout_p, softmax_scale=self.scale, causal=False,
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                dropout_p=dropout_p,
+                softmax_scale=self.scale,
+                causal=False,
             )  # [B, N, H, d]
             return out.transpose(1, 2)
         if self.attn_implementation == "eager":
@@ -149,12 +156,15 @@ class InternAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, N, D] -> [B, N, D]."""
-        b, n, _ = x.shape
         qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)  # each [B, H, N, d]
         if self.qk_normalization:
-            q = rearrange(self.q_norm(rearrange(q, "b h n d -> b n (h d)")), "b n (h d) -> b h n d", h=self.num_heads)
-            k = rearrange(self.k_norm(rearrange(k, "b h n d -> b n (h d)")), "b n (h d) -> b h n d", h=self.num_heads)
+            q = rearrange(
+                self.q_norm(rearrange(q, "b h n d -> b n (h d)")), "b n (h d) -> b h n d", h=self.num_heads
+            )
+            k = rearrange(
+                self.k_norm(rearrange(k, "b h n d -> b n (h d)")), "b n (h d) -> b h n d", h=self.num_heads
+            )
         out = rearrange(self._attend(q, k, v), "b h n d -> b n (h d)")  # [B, N, D]
         return self.proj_drop(self.proj(out))
 
@@ -203,7 +213,9 @@ class InternVisionEncoder(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, output_hidden_states: bool = False) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    def forward(
+        self, x: Tensor, output_hidden_states: bool = False
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         """[N, T, D] -> (last [N, T, D], (embeddings, layer 1 out, ..., layer L out) or None)."""
         states: list[Tensor] = [x] if output_hidden_states else []
         for layer in self.layers:
