@@ -118,7 +118,9 @@ class ImageRef:
     def from_image(cls, name: str, image: Image.Image) -> ImageRef:
         """An in-memory image (what generators produce)."""
         if not isinstance(image, Image.Image):
-            raise TypeError(f"ImageRef.from_image expects a PIL image for {name!r}, got {type(image).__name__}")
+            raise TypeError(
+                f"ImageRef.from_image expects a PIL image for {name!r}, got {type(image).__name__}"
+            )
         return cls(name=name, _image=image.convert("RGB"))
 
     @property
@@ -239,7 +241,9 @@ def validate_sample(sample: Sample) -> None:
     if sample.task not in TASKS:
         raise RecordError(loc, "task", "bad_value", f"unknown task {sample.task!r}; expected one of {TASKS}")
     if not isinstance(sample.meta, dict):
-        raise RecordError(loc, "meta", "wrong_type", f"meta must be an object, got {type(sample.meta).__name__}")
+        raise RecordError(
+            loc, "meta", "wrong_type", f"meta must be an object, got {type(sample.meta).__name__}"
+        )
     for name in _FORBIDDEN[sample.task]:
         if _is_set(sample, name):
             raise RecordError(loc, name, "unexpected_field", f"task {sample.task!r} does not use '{name}'")
@@ -259,11 +263,16 @@ def validate_sample(sample: Sample) -> None:
         n = sample.prompt.count(IMAGE_PLACEHOLDER)
         if n and n != len(sample.images):
             raise RecordError(
-                loc, "prompt", "placeholder_mismatch",
-                f"prompt has {n} {IMAGE_PLACEHOLDER} placeholders but the record has {len(sample.images)} images",
+                loc,
+                "prompt",
+                "placeholder_mismatch",
+                f"prompt has {n} {IMAGE_PLACEHOLDER} placeholders but the record has "
+                f"{len(sample.images)} images",
             )
     if sample.thought is not None and ("<think>" in sample.thought or "</think>" in sample.thought):
-        raise RecordError(loc, "thought", "bad_value", "thought must not contain <think> tags (added by the template)")
+        raise RecordError(
+            loc, "thought", "bad_value", "thought must not contain <think> tags (added by the template)"
+        )
 
 
 def _validate_messages(sample: Sample) -> None:
@@ -272,18 +281,26 @@ def _validate_messages(sample: Sample) -> None:
     for i, msg in enumerate(sample.messages):
         expected = ROLES[i % 2]  # user, assistant, user, ...: the chat template assumes strict turns
         if msg.role != expected:
-            raise RecordError(loc, f"messages[{i}].role", "bad_value", f"expected role {expected!r}, got {msg.role!r}")
+            raise RecordError(
+                loc, f"messages[{i}].role", "bad_value", f"expected role {expected!r}, got {msg.role!r}"
+            )
         if not isinstance(msg.content, str) or not msg.content.strip():
             raise RecordError(loc, f"messages[{i}].content", "bad_value", "content must be non-empty text")
         count = msg.content.count(IMAGE_PLACEHOLDER)
         if count and msg.role != "user":
-            raise RecordError(loc, f"messages[{i}].content", "placeholder_mismatch", "assistant turns cannot hold images")
+            raise RecordError(
+                loc, f"messages[{i}].content", "placeholder_mismatch", "assistant turns cannot hold images"
+            )
         placeholders += count
     if sample.messages[-1].role != "assistant":
-        raise RecordError(loc, "messages", "bad_value", "the last turn must be an assistant turn (it carries the loss)")
+        raise RecordError(
+            loc, "messages", "bad_value", "the last turn must be an assistant turn (it carries the loss)"
+        )
     if placeholders != len(sample.images):
         raise RecordError(
-            loc, "messages", "placeholder_mismatch",
+            loc,
+            "messages",
+            "placeholder_mismatch",
             f"{placeholders} {IMAGE_PLACEHOLDER} placeholders in user turns but {len(sample.images)} images",
         )
 
@@ -317,7 +334,9 @@ def parse_record(obj: Any, location: str, resolve: ImageResolver) -> Sample:
     """
     loc = location
     if not isinstance(obj, dict):
-        raise RecordError(loc, "<record>", "not_an_object", f"a record must be a JSON object, got {type(obj).__name__}")
+        raise RecordError(
+            loc, "<record>", "not_an_object", f"a record must be a JSON object, got {type(obj).__name__}"
+        )
     for key in ("id", "task"):
         if obj.get(key) is None:
             raise RecordError(loc, key, "missing_field", f"every record needs '{key}'")
@@ -328,18 +347,26 @@ def parse_record(obj: Any, location: str, resolve: ImageResolver) -> Sample:
 
     images_raw = obj.get("images") or []
     if not isinstance(images_raw, list):
-        raise RecordError(loc, "images", "wrong_type", f"'images' must be a list, got {type(images_raw).__name__}")
+        raise RecordError(
+            loc, "images", "wrong_type", f"'images' must be a list, got {type(images_raw).__name__}"
+        )
     for i, name in enumerate(images_raw):
         if not isinstance(name, str) or not name:
-            raise RecordError(loc, f"images[{i}]", "wrong_type", f"image names must be non-empty strings, got {name!r}")
+            raise RecordError(
+                loc, f"images[{i}]", "wrong_type", f"image names must be non-empty strings, got {name!r}"
+            )
 
     messages_raw = obj.get("messages") or []
     if not isinstance(messages_raw, list):
-        raise RecordError(loc, "messages", "wrong_type", f"'messages' must be a list, got {type(messages_raw).__name__}")
+        raise RecordError(
+            loc, "messages", "wrong_type", f"'messages' must be a list, got {type(messages_raw).__name__}"
+        )
     messages: list[Message] = []
     for i, m in enumerate(messages_raw):
         if not isinstance(m, dict):
-            raise RecordError(loc, f"messages[{i}]", "wrong_type", f"a message must be an object, got {type(m).__name__}")
+            raise RecordError(
+                loc, f"messages[{i}]", "wrong_type", f"a message must be an object, got {type(m).__name__}"
+            )
         unknown = sorted(set(m) - {"role", "content"})
         if unknown:
             raise RecordError(loc, f"messages[{i}]", "unexpected_field", f"unknown message keys {unknown}")

@@ -8,8 +8,8 @@ layout WebDataset uses: the members of one sample are consecutive and share a ke
 ``KEY.<name>.png`` per image, and the JSON names its images by member name. Locations in errors are
 ``shard.tar:KEY.json``. Why tar shards rather than Parquet: images stay plain PNG files that any tool can
 list and extract (``tar tf``), shards are read front to back at disk/network speed, one shard maps to
-one worker without a footer or row-group index, and WebDataset / ``webdataset`` / ``litdata`` readers
-can consume the same files. Only the standard library ``tarfile`` is used here.
+one worker without a footer or row-group index, and the ``webdataset`` package reads the same files.
+Only the standard library ``tarfile`` is used here.
 
 Writers set every member's mtime/uid/gid/uname/mode to fixed values and write members in sorted order,
 so the same samples always give byte-identical shards (the synthesis runner relies on this).
@@ -108,7 +108,7 @@ class ShardWriter:
         self.count = 0
 
     def write(self, sample: Sample, key: str | None = None) -> str:
-        """Append one sample; returns its key. Raises ValueError for a bad key, RecordError for a bad sample."""
+        """Append one sample; returns its key. ValueError for a bad key, RecordError for a bad sample."""
         validate_sample(sample)
         key = key if key is not None else sample_key(sample, self.count)
         if not is_valid_key(key):
@@ -163,7 +163,9 @@ def _group_to_sample(shard: Path, key: str, members: dict[str, bytes], decode: b
     json_name = f"{key}.json"
     location = f"{shard}:{json_name}"
     if json_name not in members:
-        raise RecordError(f"{shard}:{key}.*", "<record>", "missing_json", f"members {sorted(members)} have no {json_name}")
+        raise RecordError(
+            f"{shard}:{key}.*", "<record>", "missing_json", f"members {sorted(members)} have no {json_name}"
+        )
     try:
         obj = json.loads(members[json_name].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -172,13 +174,17 @@ def _group_to_sample(shard: Path, key: str, members: dict[str, bytes], decode: b
     def resolve(name: str, field: str) -> ImageRef:
         data = members.get(name)
         if data is None:
-            raise RecordError(location, field, "missing_image", f"member {name!r} not found next to {json_name}")
+            raise RecordError(
+                location, field, "missing_image", f"member {name!r} not found next to {json_name}"
+            )
         ref = ImageRef(name=name, data=data)
         if decode:
             try:
                 ref._image = decode_image(data)
             except _IMAGE_ERRORS as exc:
-                raise RecordError(location, field, "unreadable_image", f"member {name!r} cannot be decoded: {exc}") from exc
+                raise RecordError(
+                    location, field, "unreadable_image", f"member {name!r} cannot be decoded: {exc}"
+                ) from exc
         return ref
 
     return parse_record(obj, location, resolve)
@@ -219,7 +225,9 @@ def iter_shard(path: PathLike, tracker: BadRecordTracker, decode: bool = True) -
                 last_member = info.name
     except (tarfile.TarError, OSError, EOFError) as exc:
         # The rest of the shard is unreachable; the group being read is lost, count it once.
-        tracker.add_bad(RecordError(f"{shard}:{last_member}", "<shard>", "corrupt_shard", f"tar read failed: {exc}"))
+        tracker.add_bad(
+            RecordError(f"{shard}:{last_member}", "<shard>", "corrupt_shard", f"tar read failed: {exc}")
+        )
         return
     if key is not None:
         sample = flush()
@@ -273,18 +281,25 @@ class JsonlWriter:
         self.image_dir = image_dir
         (self.root / image_dir).mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "w", encoding="utf-8")
+        self._keys: set[str] = set()
         self.count = 0
 
     def write(self, sample: Sample) -> None:
+        """Append one sample. RecordError for a bad sample, ValueError for a repeated key."""
         validate_sample(sample)
         key = sample_key(sample, self.count)
+        if key in self._keys:  # its image files would overwrite the earlier sample's
+            raise ValueError(f"duplicate sample key {key!r} in {self.path}")
+        self._keys.add(key)
         inputs, target = image_member_names(key, sample)
-        rel_inputs = [f"{self.image_dir}/{n}" for n in inputs]
-        rel_target = f"{self.image_dir}/{target}" if target is not None else None
-        for rel, ref in zip([*rel_inputs, rel_target], sample.all_images()):
-            assert rel is not None
-            (self.root / rel).write_bytes(ref.png_bytes())
-        self._fh.write(dumps_record(sample.to_json(rel_inputs, rel_target)) + "\n")
+        names = [f"{self.image_dir}/{n}" for n in inputs]
+        target_name = f"{self.image_dir}/{target}" if target is not None else None
+        refs = [*zip(names, sample.images)]
+        if target_name is not None and sample.target is not None:
+            refs.append((target_name, sample.target))
+        for name, ref in refs:
+            (self.root / name).write_bytes(ref.png_bytes())
+        self._fh.write(dumps_record(sample.to_json(names, target_name)) + "\n")
         self.count += 1
 
     def close(self) -> None:
@@ -324,7 +339,9 @@ def iter_jsonl(path: PathLike, tracker: BadRecordTracker, decode: bool = True) -
                     try:
                         ref._image = decode_image(file.read_bytes())
                     except _IMAGE_ERRORS as exc:
-                        raise RecordError(location, field, "unreadable_image", f"{str(file)!r}: {exc}") from exc
+                        raise RecordError(
+                            location, field, "unreadable_image", f"{str(file)!r}: {exc}"
+                        ) from exc
                 return ref
 
             try:

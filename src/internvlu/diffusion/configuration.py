@@ -1,12 +1,17 @@
 """Typed configs of the generation decoder (`generation_decoder/config.json`).
 
 Two dataclasses mirror the two levels of the official file:
-- `InternVLUGenerationDecoderConfig`: the wrapper (`model_type="internvlu_generation_decoder"`), whose fields are
-  mostly training hints; only the projector, the padding token width and the two RoPE scale factors shape the model.
-- `InternVLUTransformerConfig`: the nested `decoder_config` dict, i.e. the register-to-config arguments of the MMDiT
-  (`InternVLUTransformer2DModel`). diffusers keeps unknown keys such as `_class_name` there; we keep them in `extra`.
+- `InternVLUGenerationDecoderConfig`: the wrapper (`model_type="internvlu_generation_decoder"`), whose fields
+are
+  mostly training hints; only the projector, the padding token width and the two RoPE scale factors shape the
+  model.
+- `InternVLUTransformerConfig`: the nested `decoder_config` dict, i.e. the register-to-config arguments of the
+MMDiT
+  (`InternVLUTransformer2DModel`). diffusers keeps unknown keys such as `_class_name` there; we keep them in
+  `extra`.
 
-Defaults are the official class defaults (spec §1.3), not the released values; `released_generation_decoder_config()`
+Defaults are the official class defaults (spec §1.3), not the released values;
+`released_generation_decoder_config()`
 returns the released 4B configuration.
 """
 
@@ -24,7 +29,8 @@ DECODER_PROJECTOR_TYPES = ("identity", "mlp2x_gelu")
 
 
 class _KeepsAbsentKeys(ConfigBase):
-    """Round-trip helper: a field whose key was absent from the loaded JSON (and still holds its default) is not
+    """Round-trip helper: a field whose key was absent from the loaded JSON (and still holds its default) is
+    not
     written back, so `from_dict(d).to_dict() == d` also holds for files that omit optional keys (e.g. the
     `decoder_config` of the release has no `timestep_scale`)."""
 
@@ -68,7 +74,8 @@ class InternVLUTransformerConfig(_KeepsAbsentKeys):
     axes_dims_rope: tuple[int, int, int] = (16, 56, 56)  # (frame, height, width) rotary dims; sum = head dim
     video_position_scale_factor: float = 1.0  # RoPE scale of generated/reference latent tokens
     vlm_cond_position_scale_factor: float = 1.0  # RoPE scale of ViT tokens inside the context
-    # Multiplier a pipeline applies to the scheduler timestep before the model (reference default 1.0); the model
+    # Multiplier a pipeline applies to the scheduler timestep before the model (reference default 1.0); the
+    # model
     # itself never reads it. Absent from the released file.
     timestep_scale: float = 1.0
 
@@ -86,13 +93,23 @@ class InternVLUTransformerConfig(_KeepsAbsentKeys):
         return self.num_attention_heads * self.attention_head_dim
 
     def validate(self) -> None:
-        for name in ("patch_size", "in_channels", "num_layers", "attention_head_dim", "num_attention_heads",
-                     "joint_attention_dim"):
+        for name in (
+            "patch_size",
+            "in_channels",
+            "num_layers",
+            "attention_head_dim",
+            "num_attention_heads",
+            "joint_attention_dim",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"decoder_config.{name} must be a positive int, got {value!r}")
-        if self.out_channels is not None and (not isinstance(self.out_channels, int) or self.out_channels <= 0):
-            raise ValueError(f"decoder_config.out_channels must be a positive int or None, got {self.out_channels!r}")
+        if self.out_channels is not None and (
+            not isinstance(self.out_channels, int) or self.out_channels <= 0
+        ):
+            raise ValueError(
+                f"decoder_config.out_channels must be a positive int or None, got {self.out_channels!r}"
+            )
         if len(self.axes_dims_rope) != 3 or any(int(d) != d or d <= 0 or d % 2 for d in self.axes_dims_rope):
             raise ValueError(
                 f"decoder_config.axes_dims_rope must be three positive even ints (frame, height, width), "
@@ -103,7 +120,8 @@ class InternVLUTransformerConfig(_KeepsAbsentKeys):
                 f"decoder_config.axes_dims_rope {list(self.axes_dims_rope)} sums to {sum(self.axes_dims_rope)}, "
                 f"but attention_head_dim is {self.attention_head_dim}; they must be equal"
             )
-        # The head patchifies C-channel latents into p*p*C features and unpatchifies p*p*out_channels back into
+        # The head patchifies C-channel latents into p*p*C features and unpatchifies p*p*out_channels back
+        # into
         # the same C channels, so in_channels must be exactly p*p*out_channels.
         if self.in_channels != self.patch_size**2 * self.latent_channels:
             raise ValueError(
@@ -118,7 +136,8 @@ class InternVLUTransformerConfig(_KeepsAbsentKeys):
 
 @dataclasses.dataclass
 class InternVLUGenerationDecoderConfig(_KeepsAbsentKeys):
-    """`generation_decoder/config.json`. HF bookkeeping keys (`architectures`, `torch_dtype`, `transformers_version`,
+    """`generation_decoder/config.json`. HF bookkeeping keys (`architectures`, `torch_dtype`,
+    `transformers_version`,
     `is_composition`) are kept in `extra` and written back unchanged."""
 
     model_type: str = MODEL_TYPE
@@ -171,15 +190,24 @@ class InternVLUGenerationDecoderConfig(_KeepsAbsentKeys):
             raise ValueError(
                 f"decoder_projector_type must be one of {DECODER_PROJECTOR_TYPES}, got {self.decoder_projector_type!r}"
             )
-        for name in ("input_hidden_size", "output_hidden_size", "max_sequence_length", "gen_image_height",
-                     "gen_image_width"):
+        for name in (
+            "input_hidden_size",
+            "output_hidden_size",
+            "max_sequence_length",
+            "gen_image_height",
+            "gen_image_width",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.vlm_select_layer, list) or not self.vlm_select_layer or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in self.vlm_select_layer
+        if (
+            not isinstance(self.vlm_select_layer, list)
+            or not self.vlm_select_layer
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in self.vlm_select_layer)
         ):
-            raise ValueError(f"vlm_select_layer must be a non-empty list of ints, got {self.vlm_select_layer!r}")
+            raise ValueError(
+                f"vlm_select_layer must be a non-empty list of ints, got {self.vlm_select_layer!r}"
+            )
         for name in ("video_position_scale_factor", "vlm_cond_position_scale_factor"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -188,7 +216,9 @@ class InternVLUGenerationDecoderConfig(_KeepsAbsentKeys):
     @property
     def context_width(self) -> int:
         """Width of the projected context tokens that enter the transformer's `txt_norm`."""
-        return self.input_hidden_size if self.decoder_projector_type == "identity" else self.output_hidden_size
+        return (
+            self.input_hidden_size if self.decoder_projector_type == "identity" else self.output_hidden_size
+        )
 
     def transformer_config(self) -> InternVLUTransformerConfig:
         """The config the transformer is built from: `decoder_config` with the top-level RoPE scale factors

@@ -1,6 +1,7 @@
 """`InternVLUGenerationDecoder`: the `generation_decoder/` component (official `internvlu.diffusion` class).
 
-It wraps the MMDiT head (`decoder.*` keys) with the learned `encoder_padding_token` and the `decoder_projector`
+It wraps the MMDiT head (`decoder.*` keys) with the learned `encoder_padding_token` and the
+`decoder_projector`
 applied to the VLM conditioning. The released checkpoint uses the identity projector, so its state dict is the
 padding token plus the transformer (654 tensors, 1,808,034,880 parameters).
 """
@@ -24,9 +25,12 @@ class InternVLUGenerationDecoder(nn.Module):
     def __init__(self, config: InternVLUGenerationDecoderConfig) -> None:
         super().__init__()
         if not isinstance(config, InternVLUGenerationDecoderConfig):
-            raise TypeError(f"config must be an InternVLUGenerationDecoderConfig, got {type(config).__name__}")
+            raise TypeError(
+                f"config must be an InternVLUGenerationDecoderConfig, got {type(config).__name__}"
+            )
         self.config = config
-        # The top-level RoPE scale factors override decoder_config's (reference behaviour); config stays unchanged.
+        # The top-level RoPE scale factors override decoder_config's (reference behaviour); config stays
+        # unchanged.
         self.decoder = InternVLUTransformer2DModel(config.transformer_config())
         if config.padding_encoder_hidden_states:
             # Fills padded context rows in `pad_encoder_hidden_states`; never reaches the packed forward.
@@ -58,7 +62,8 @@ class InternVLUGenerationDecoder(nn.Module):
         return self.decoder.img_in.weight.device
 
     def init_non_persistent_buffers(self) -> None:
-        """Recompute state that lives outside the state dict after a meta-device build (there is none; kept for a
+        """Recompute state that lives outside the state dict after a meta-device build (there is none; kept
+        for a
         uniform loader API)."""
         self.decoder.init_non_persistent_buffers()
 
@@ -66,15 +71,19 @@ class InternVLUGenerationDecoder(nn.Module):
         self, encoder_hidden_states: Sequence[Tensor], encoder_image_token_mask: Sequence[Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The reference `prepare_forward_input`: pad the K context tensors to
-        `M = max_sequence_length` (`pad_to_fix_length`) or `max(max T_k, max_sequence_length)` with the learned
-        padding token, then apply the projector. Only for inspection/training: `forward` packs the unpadded tensors,
+        `M = max_sequence_length` (`pad_to_fix_length`) or `max(max T_k, max_sequence_length)` with the
+        learned
+        padding token, then apply the projector. Only for inspection/training: `forward` packs the unpadded
+        tensors,
         so the padding never changes a velocity.
 
         Returns:
             (projected [K, M, out] context, attention mask [K, M] bool, image-token mask [K, M] bool).
         """
         if self.encoder_padding_token is None:
-            raise ValueError("padding_encoder_hidden_states is False: this decoder has no encoder_padding_token")
+            raise ValueError(
+                "padding_encoder_hidden_states is False: this decoder has no encoder_padding_token"
+            )
         if len(encoder_hidden_states) != len(encoder_image_token_mask):
             raise ValueError(
                 f"got {len(encoder_hidden_states)} context tensors but {len(encoder_image_token_mask)} image masks"
@@ -116,7 +125,8 @@ class InternVLUGenerationDecoder(nn.Module):
             image_grid_thw_gen: [K, 3] (1, H_g, W_g) latent-pixel size of each generated image.
             image_fhw_cond: K long [m_k, 3] ViT RoPE grids ((1, 16, 16) at full size) of the images in each
                 context; an empty tensor for a context without images.
-            cond_latents: per sample, a list of reference latents [C, h, w] (VAE mode, normalised, cropped to their
+            cond_latents: per sample, a list of reference latents [C, h, w] (VAE mode, normalised, cropped to
+            their
                 grid); None or empty lists for no references.
 
         Returns:
@@ -135,8 +145,18 @@ class InternVLUGenerationDecoder(nn.Module):
                     f"encoder_hidden_states[{k}] must be [T, {self.config.input_hidden_size}], got {tuple(hid.shape)}"
                 )
             context.append(self.decoder_projector(hid.to(dtype)))
-        if cond_latents is not None and len(cond_latents) == latents.shape[0] and all(len(r) == 0 for r in cond_latents):
+        if (
+            cond_latents is not None
+            and len(cond_latents) == latents.shape[0]
+            and all(len(r) == 0 for r in cond_latents)
+        ):
             cond_latents = None  # no sample has a reference: same as text-to-image
         return self.decoder(
-            latents, timestep, context, encoder_image_token_mask, image_grid_thw_gen, image_fhw_cond, cond_latents
+            latents,
+            timestep,
+            context,
+            encoder_image_token_mask,
+            image_grid_thw_gen,
+            image_fhw_cond,
+            cond_latents,
         )

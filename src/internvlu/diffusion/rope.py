@@ -1,12 +1,16 @@
-"""Unified multi-scale 3-D RoPE of the MMDiT head (spec §5.5): position ids and rotary angles, as pure functions.
+"""Unified multi-scale 3-D RoPE of the MMDiT head (spec §5.5): position ids and rotary angles, as pure
+functions.
 
 Every token of a packed sample gets a float (frame, height, width) position:
 - the generated latent grid at frame 0 and each reference latent grid at frames 1, 2, ... (one contiguous
   "image run" at the start of the sample), with centred h/w indices;
-- context tokens walk on from `int(max position so far) + 1`: a text token gets (p, p, p); a run of `<IMG_CONTEXT>`
-  tokens gets its ViT grid at frame p with h/w stretched by 1/vlm_cond_position_scale_factor (16x16 -> [-32, 31]).
+- context tokens walk on from `int(max position so far) + 1`: a text token gets (p, p, p); a run of
+`<IMG_CONTEXT>`
+  tokens gets its ViT grid at frame p with h/w stretched by 1/vlm_cond_position_scale_factor (16x16 -> [-32,
+  31]).
 
-Nothing here is stored in a module: rotary angles are computed on the fly from positions, so models built on the
+Nothing here is stored in a module: rotary angles are computed on the fly from positions, so models built on
+the
 meta device need no buffer re-initialisation.
 """
 
@@ -41,7 +45,12 @@ def _centred_indices(n: int, scale: float, device: torch.device | None) -> Tenso
 
 
 def grid_positions(
-    frames: int, height: int, width: int, *, frame_offset: int = 0, scale: float = 1.0,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    frame_offset: int = 0,
+    scale: float = 1.0,
     device: torch.device | None = None,
 ) -> Tensor:
     """Positions of an (f, h, w) token grid, row-major over (f, h, w): [f*h*w, 3] float32 (frame, h, w).
@@ -79,10 +88,12 @@ def _true_runs(mask: list[bool]) -> list[tuple[int, int]]:
 
 
 def assign_positions(blocks: Sequence[Tensor], is_image: Tensor) -> Tensor:
-    """Walk a token sequence: maximal runs of `is_image` take the position blocks in order, every other token is
+    """Walk a token sequence: maximal runs of `is_image` take the position blocks in order, every other token
+    is
     text and takes (p, p, p) with p counting up.
 
-    A block placed at the current counter p gets p added to its frame axis, then p = int(max over the block's three
+    A block placed at the current counter p gets p added to its frame axis, then p = int(max over the block's
+    three
     coordinates) + 1. A run whose length differs from its block's size falls back to text positions (reference
     behaviour, e.g. a ViT image whose token count is not f*h*w).
 
@@ -107,8 +118,9 @@ def assign_positions(blocks: Sequence[Tensor], is_image: Tensor) -> Tensor:
     prev_end = 0
     for (start, end), block in zip(runs, blocks):
         if start > prev_end:  # text before this run
-            positions[prev_end:start] = torch.arange(cur, cur + start - prev_end, dtype=torch.float32,
-                                                     device=device)[:, None]
+            positions[prev_end:start] = torch.arange(
+                cur, cur + start - prev_end, dtype=torch.float32, device=device
+            )[:, None]
             cur += start - prev_end
         if block.shape[0] == end - start:
             placed = block.to(device=device, dtype=torch.float32).clone()
@@ -116,11 +128,15 @@ def assign_positions(blocks: Sequence[Tensor], is_image: Tensor) -> Tensor:
             positions[start:end] = placed
             cur = int(placed.max().item()) + 1
         else:
-            positions[start:end] = torch.arange(cur, cur + end - start, dtype=torch.float32, device=device)[:, None]
+            positions[start:end] = torch.arange(cur, cur + end - start, dtype=torch.float32, device=device)[
+                :, None
+            ]
             cur += end - start
         prev_end = end
     if prev_end < seq_len:
-        positions[prev_end:] = torch.arange(cur, cur + seq_len - prev_end, dtype=torch.float32, device=device)[:, None]
+        positions[prev_end:] = torch.arange(
+            cur, cur + seq_len - prev_end, dtype=torch.float32, device=device
+        )[:, None]
     return positions
 
 
@@ -148,8 +164,11 @@ def build_position_ids_3d(
     """
     device = context_image_mask.device
     block1 = image_block_positions([gen_grid, *ref_grids], video_scale, device)
-    blocks = [block1] + [grid_positions(f, h, w, scale=vlm_cond_scale, device=device) for f, h, w in vit_grids]
-    # The image tokens form the first run, so they are walked exactly like a ViT run (and a context that started
+    blocks = [block1] + [
+        grid_positions(f, h, w, scale=vlm_cond_scale, device=device) for f, h, w in vit_grids
+    ]
+    # The image tokens form the first run, so they are walked exactly like a ViT run (and a context that
+    # started
     # with <IMG_CONTEXT> would merge into it, as in the reference).
     is_image = torch.cat(
         [torch.ones(block1.shape[0], dtype=torch.bool, device=device), context_image_mask.to(torch.bool)]
@@ -160,7 +179,8 @@ def build_position_ids_3d(
 def inverse_frequencies(axes_dims: Sequence[int], device: torch.device | None = None) -> list[Tensor]:
     """Per axis a: 1 / theta^(arange(0, d_a, 2) / d_a), float32 (d_a/2 values)."""
     return [
-        1.0 / torch.pow(ROPE_THETA, torch.arange(0, d, 2, device=device).to(torch.float32).div(d)) for d in axes_dims
+        1.0 / torch.pow(ROPE_THETA, torch.arange(0, d, 2, device=device).to(torch.float32).div(d))
+        for d in axes_dims
     ]
 
 
@@ -179,7 +199,8 @@ def rope_cos_sin(position_ids: Tensor, axes_dims: Sequence[int]) -> tuple[Tensor
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) as complex numbers by the angle i (the reference's complex form).
+    """Rotate adjacent pairs (x[2i], x[2i+1]) as complex numbers by the angle i (the reference's complex
+    form).
 
     Args:
         x: [N, H, D] queries or keys.

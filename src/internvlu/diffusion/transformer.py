@@ -75,7 +75,9 @@ _SINUSOID_ROUNDED_UP = {12: 0.4216965138912201}  # 0x3ED7E89B
 
 def _sinusoid_frequencies() -> Tensor:
     half = _SINUSOID_CHANNELS // 2
-    exponent = (-math.log(10000) * torch.arange(half, dtype=torch.float32)) / half  # diffusers' op order, fp32
+    exponent = (
+        -math.log(10000) * torch.arange(half, dtype=torch.float32)
+    ) / half  # diffusers' op order, fp32
     freqs = torch.exp(exponent.double()).float()  # correctly rounded
     for i, value in _SINUSOID_ROUNDED_UP.items():
         freqs[i] = value
@@ -134,7 +136,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
-        self.net = nn.ModuleList([GELUProjection(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+        self.net = nn.ModuleList(
+            [GELUProjection(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.net:
@@ -178,7 +182,9 @@ class PackLayout:
 
 
 def build_pack_layout(
-    num_gen_tokens: Sequence[int], num_ref_tokens: Sequence[int], num_context_tokens: Sequence[int],
+    num_gen_tokens: Sequence[int],
+    num_ref_tokens: Sequence[int],
+    num_context_tokens: Sequence[int],
     device: torch.device | None = None,
 ) -> PackLayout:
     """Layout of the packed sequence: sample k is [gen_k | refs_k | context_k]."""
@@ -198,9 +204,9 @@ def build_pack_layout(
         seqlens=seqlens,
         num_gen_tokens=list(num_gen_tokens),
         cu_seqlens=cu.to(device),
-        sample_ids=torch.repeat_interleave(torch.arange(len(seqlens)), torch.tensor(seqlens, dtype=torch.int64)).to(
-            device
-        ),
+        sample_ids=torch.repeat_interleave(
+            torch.arange(len(seqlens)), torch.tensor(seqlens, dtype=torch.int64)
+        ).to(device),
         enc_token_mask=kind == 2,
         cond_token_mask=kind != 0,
     )
@@ -228,11 +234,7 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, seqlens: Sequence[int], cu
 
     flash-attn's varlen kernel when installed and the tensors are half precision on CUDA; otherwise PyTorch SDPA
     per segment in the tensors' own dtype (the reference forces bf16 only inside its flash path)."""
-    if (
-        _flash_attn_varlen_func is not None
-        and q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-    ):
+    if _flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
         max_len = max(seqlens)
         return _flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, causal=False)
@@ -261,7 +263,9 @@ class _Streams:
         out[self.txt] = txt.to(img.dtype)
         return out
 
-    def apply(self, x: Tensor, img_fn: Callable[[Tensor], Tensor], txt_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def apply(
+        self, x: Tensor, img_fn: Callable[[Tensor], Tensor], txt_fn: Callable[[Tensor], Tensor]
+    ) -> Tensor:
         return self.merge(img_fn(x[self.img]), txt_fn(x[self.txt]))
 
 
@@ -302,8 +306,9 @@ class GatedJointAttention(nn.Module):
         self.norm_added_k = RMSNorm(head_dim)
         self.to_add_out = nn.Linear(inner, dim)
 
-    def _qkv(self, x: Tensor, to_q: nn.Linear, to_k: nn.Linear, to_v: nn.Linear, norm_q: RMSNorm,
-             norm_k: RMSNorm) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _qkv(
+        self, x: Tensor, to_q: nn.Linear, to_k: nn.Linear, to_v: nn.Linear, norm_q: RMSNorm, norm_k: RMSNorm
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         qg = rearrange(to_q(x), "n (h two d) -> n h two d", h=self.heads, two=2)  # per head: query | gate
         q = norm_q(qg[:, :, 0])  # [n, H, d]
         gate = rearrange(qg[:, :, 1], "n h d -> n (h d)")  # [n, H*d]
@@ -420,8 +425,14 @@ class InternVLUTransformer2DModel(nn.Module):
     # -- inputs ---------------------------------------------------------------------------------------------------
 
     def _validate(
-        self, latents: Tensor, timestep: Tensor, context: Sequence[Tensor], context_image_mask: Sequence[Tensor],
-        image_grid_thw_gen: Tensor, image_fhw_cond: Sequence[Tensor], cond_latents: Sequence[Sequence[Tensor]] | None,
+        self,
+        latents: Tensor,
+        timestep: Tensor,
+        context: Sequence[Tensor],
+        context_image_mask: Sequence[Tensor],
+        image_grid_thw_gen: Tensor,
+        image_fhw_cond: Sequence[Tensor],
+        cond_latents: Sequence[Sequence[Tensor]] | None,
     ) -> None:
         cfg = self.config
         p = cfg.patch_size
@@ -429,22 +440,31 @@ class InternVLUTransformer2DModel(nn.Module):
             raise ValueError(f"latents must be [K, C, H, W], got shape {tuple(latents.shape)}")
         num, channels, height, width = latents.shape
         if channels != cfg.latent_channels:
-            raise ValueError(f"latents have {channels} channels but the model expects out_channels={cfg.latent_channels}")
+            raise ValueError(
+                f"latents have {channels} channels but the model expects out_channels={cfg.latent_channels}"
+            )
         if timestep.shape != (num,):
             raise ValueError(f"timestep must have shape [K]=[{num}], got {tuple(timestep.shape)}")
-        for name, value in (("encoder_hidden_states", context), ("encoder_image_token_mask", context_image_mask),
-                            ("image_fhw_cond", image_fhw_cond)):
+        for name, value in (
+            ("encoder_hidden_states", context),
+            ("encoder_image_token_mask", context_image_mask),
+            ("image_fhw_cond", image_fhw_cond),
+        ):
             if len(value) != num:
                 raise ValueError(f"{name} must have one entry per sample (K={num}), got {len(value)}")
         if cond_latents is not None and len(cond_latents) != num:
             raise ValueError(f"cond_latents must have one list per sample (K={num}), got {len(cond_latents)}")
         if tuple(image_grid_thw_gen.shape) != (num, 3):
-            raise ValueError(f"image_grid_thw_gen must be [K, 3]=[{num}, 3], got {tuple(image_grid_thw_gen.shape)}")
+            raise ValueError(
+                f"image_grid_thw_gen must be [K, 3]=[{num}, 3], got {tuple(image_grid_thw_gen.shape)}"
+            )
         for k, (t, h, w) in enumerate(image_grid_thw_gen.tolist()):
             if t != 1:
                 raise ValueError(f"image_grid_thw_gen[{k}] has t={t}; only single images (t=1) are supported")
             if h <= 0 or w <= 0 or h % p or w % p:
-                raise ValueError(f"image_grid_thw_gen[{k}]=({t}, {h}, {w}): H and W must be positive multiples of {p}")
+                raise ValueError(
+                    f"image_grid_thw_gen[{k}]=({t}, {h}, {w}): H and W must be positive multiples of {p}"
+                )
             if h > height or w > width:
                 raise ValueError(
                     f"image_grid_thw_gen[{k}]=({t}, {h}, {w}) is larger than the latents ({height}x{width})"
@@ -464,7 +484,12 @@ class InternVLUTransformer2DModel(nn.Module):
         if cond_latents is not None:
             for k, refs in enumerate(cond_latents):
                 for j, ref in enumerate(refs):
-                    if ref.ndim != 3 or ref.shape[0] != cfg.latent_channels or ref.shape[1] % p or ref.shape[2] % p:
+                    if (
+                        ref.ndim != 3
+                        or ref.shape[0] != cfg.latent_channels
+                        or ref.shape[1] % p
+                        or ref.shape[2] % p
+                    ):
                         raise ValueError(
                             f"cond_latents[{k}][{j}] must be [{cfg.latent_channels}, h, w] with h, w multiples of "
                             f"{p}, got {tuple(ref.shape)}"
@@ -506,7 +531,9 @@ class InternVLUTransformer2DModel(nn.Module):
             num_gen.append(gen.shape[0])
             num_ref.append(sum(t.shape[0] for t in ref_tok))
             vit = image_fhw_cond[k]
-            vit_grids = [tuple(int(v) for v in row) for row in vit.reshape(-1, 3).tolist()] if vit.numel() else []
+            vit_grids = (
+                [tuple(int(v) for v in row) for row in vit.reshape(-1, 3).tolist()] if vit.numel() else []
+            )
             positions.append(
                 build_position_ids_3d(
                     (1, h // p, w // p),
@@ -561,8 +588,15 @@ class InternVLUTransformer2DModel(nn.Module):
         Returns:
             [K, C, H_l, W_l] velocity in the model dtype, zero outside each sample's grid.
         """
-        self._validate(latents, timestep, encoder_hidden_states, encoder_image_token_mask, image_grid_thw_gen,
-                       image_fhw_cond, cond_latents)
+        self._validate(
+            latents,
+            timestep,
+            encoder_hidden_states,
+            encoder_image_token_mask,
+            image_grid_thw_gen,
+            image_fhw_cond,
+            cond_latents,
+        )
         # Everything runs in the parameter dtype (the reference pipeline casts its fp32 latents the same way).
         dtype = self.img_in.weight.dtype
         latents = latents.to(dtype)
@@ -572,8 +606,14 @@ class InternVLUTransformer2DModel(nn.Module):
         p = self.config.patch_size
         # The reference rounds the integer timestep to the model dtype before the sinusoid (bf16: 999 -> 1000).
         temb = self.time_text_embed(timestep.to(dtype), dtype)  # [K, D]
-        packed = self.pack(latents, encoder_hidden_states, encoder_image_token_mask, image_grid_thw_gen,
-                           image_fhw_cond, cond_latents)
+        packed = self.pack(
+            latents,
+            encoder_hidden_states,
+            encoder_image_token_mask,
+            image_grid_thw_gen,
+            image_fhw_cond,
+            cond_latents,
+        )
         layout = packed.layout
         num = latents.shape[0]
         ctx = _BlockContext(

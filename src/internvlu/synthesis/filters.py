@@ -120,6 +120,8 @@ class SampleFilter:
             return None, None
         hashes = tuple(phash(ref.load()) for ref in sample.all_images())
         for other in self._seen.get(text_fingerprint(sample), []):
-            if len(other) == len(hashes) and all(hamming(a, b) <= cfg.phash_max_distance for a, b in zip(hashes, other)):
+            if len(other) == len(hashes) and all(
+                hamming(a, b) <= cfg.phash_max_distance for a, b in zip(hashes, other)
+            ):
                 return "duplicate", hashes
         return None, hashes

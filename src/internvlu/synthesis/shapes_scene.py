@@ -53,14 +53,31 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
 SIZE_NAMES: tuple[str, ...] = ("small", "medium", "large")
 STAR_INNER_RATIO = 0.5  # inner / outer radius: fat points stay visible at 64 px
 DEFAULT_WORDS: tuple[str, ...] = (
-    "CAT", "DOG", "SUN", "BOX", "HAT", "CUP", "PEN", "BUS", "MAP", "KEY", "FOX", "BEE",
+    "CAT",
+    "DOG",
+    "SUN",
+    "BOX",
+    "HAT",
+    "CUP",
+    "PEN",
+    "BUS",
+    "MAP",
+    "KEY",
+    "FOX",
+    "BEE",
 )
 
 # 3x3 regions used by "move" edits: name -> (column, row).
 REGIONS: dict[str, tuple[int, int]] = {
-    "top left": (0, 0), "top center": (1, 0), "top right": (2, 0),
-    "middle left": (0, 1), "center": (1, 1), "middle right": (2, 1),
-    "bottom left": (0, 2), "bottom center": (1, 2), "bottom right": (2, 2),
+    "top left": (0, 0),
+    "top center": (1, 0),
+    "top right": (2, 0),
+    "middle left": (0, 1),
+    "center": (1, 1),
+    "middle right": (2, 1),
+    "bottom left": (0, 2),
+    "bottom center": (1, 2),
+    "bottom right": (2, 2),
 }
 
 
@@ -128,37 +145,71 @@ class Scene:
 
     def copy(self) -> Scene:
         return Scene(
-            self.size, self.background,
-            [dataclasses.replace(o) for o in self.objects], [dataclasses.replace(w) for w in self.words],
+            self.size,
+            self.background,
+            [dataclasses.replace(o) for o in self.objects],
+            [dataclasses.replace(w) for w in self.words],
         )
 
     def find(self, shape: str | None = None, color: str | None = None) -> list[SceneObject]:
-        return [o for o in self.objects if (shape is None or o.shape == shape) and (color is None or o.color == color)]
+        return [
+            o
+            for o in self.objects
+            if (shape is None or o.shape == shape) and (color is None or o.color == color)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         def obj(o: SceneObject) -> dict[str, Any]:
             return {
-                "shape": o.shape, "color": o.color, "size": o.size,
-                "cx": round(o.cx, 3), "cy": round(o.cy, 3), "r": round(o.r, 3),
-                "bbox": list(o.bbox), "centroid": [round(o.centroid[0], 3), round(o.centroid[1], 3)], "area": o.area,
+                "shape": o.shape,
+                "color": o.color,
+                "size": o.size,
+                "cx": round(o.cx, 3),
+                "cy": round(o.cy, 3),
+                "r": round(o.r, 3),
+                "bbox": list(o.bbox),
+                "centroid": [round(o.centroid[0], 3), round(o.centroid[1], 3)],
+                "area": o.area,
             }
 
         def word(w: SceneWord) -> dict[str, Any]:
-            return {"text": w.text, "color": w.color, "font_size": w.font_size, "x": w.x, "y": w.y,
-                    "bbox": list(w.bbox), "area": w.area}
+            return {
+                "text": w.text,
+                "color": w.color,
+                "font_size": w.font_size,
+                "x": w.x,
+                "y": w.y,
+                "bbox": list(w.bbox),
+                "area": w.area,
+            }
 
-        return {"size": self.size, "background": self.background,
-                "objects": [obj(o) for o in self.objects], "words": [word(w) for w in self.words]}
+        return {
+            "size": self.size,
+            "background": self.background,
+            "objects": [obj(o) for o in self.objects],
+            "words": [word(w) for w in self.words],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scene:
         objects = [
-            SceneObject(o["shape"], o["color"], o["size"], o["cx"], o["cy"], o["r"],
-                        tuple(o["bbox"]), tuple(o["centroid"]), o["area"])  # type: ignore[arg-type]
+            SceneObject(
+                o["shape"],
+                o["color"],
+                o["size"],
+                o["cx"],
+                o["cy"],
+                o["r"],
+                tuple(o["bbox"]),
+                tuple(o["centroid"]),
+                o["area"],
+            )  # type: ignore[arg-type]
             for o in data["objects"]
         ]
-        words = [SceneWord(w["text"], w["color"], w["font_size"], w["x"], w["y"], tuple(w["bbox"]), w["area"])
-                 for w in data.get("words", [])]  # type: ignore[arg-type]
+        words = [
+            SceneWord(w["text"], w["color"], w["font_size"], w["x"], w["y"], tuple(w["bbox"]), w["area"])
+            for w in data.get("words", [])
+        ]  # type: ignore[arg-type]
         return cls(int(data["size"]), data["background"], objects, words)
 
 
@@ -213,7 +264,9 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndar
 def _font(font_size: int) -> ImageFont.FreeTypeFont:
     font = ImageFont.load_default(size=font_size)
     if not isinstance(font, ImageFont.FreeTypeFont):
-        raise RuntimeError("Pillow was built without FreeType; the shapes world needs its scalable default font")
+        raise RuntimeError(
+            "Pillow was built without FreeType; the shapes world needs its scalable default font"
+        )
     return font
 
 
@@ -317,5 +370,9 @@ def region_of(x: float, y: float, size: int) -> str:
 def relation(a: SceneObject, b: SceneObject, min_offset: float) -> dict[str, bool]:
     """Loose GenEval-style relations of a to b by centre offsets (image y grows downwards)."""
     dx, dy = b.cx - a.cx, b.cy - a.cy
-    return {"left of": dx >= min_offset, "right of": -dx >= min_offset,
-            "above": dy >= min_offset, "below": -dy >= min_offset}
+    return {
+        "left of": dx >= min_offset,
+        "right of": -dx >= min_offset,
+        "above": dy >= min_offset,
+        "below": -dy >= min_offset,
+    }

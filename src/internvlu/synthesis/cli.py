@@ -1,0 +1,141 @@
+"""``internvlu synth``: argparse wiring only; the work is :func:`internvlu.synthesis.runner.run_synthesis`.
+
+Mount under the main CLI with::
+
+    sub = parser.add_subparsers(dest="command")
+    add_synth_parser(sub)            # sets func=run_synth
+    args = parser.parse_args(); return args.func(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from internvlu.synthesis.filters import FilterConfig
+from internvlu.synthesis.runner import available_generators, get_generator, run_synthesis
+
+
+def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``synth`` subcommand to an argparse subparsers object; returns the new parser."""
+    parser = subparsers.add_parser(
+        "synth",
+        help="generate synthetic training data as tar shards",
+        description=(
+            "Generate N samples with GENERATOR into DIR/shard-XXXXXX.tar, DIR/manifest.json and "
+            "DIR/contact_sheet.png. Output is deterministic for a seed (any worker count); rerunning "
+            "with the same settings resumes, keeping finished shards."
+        ),
+    )
+    parser.add_argument("generator", metavar="GENERATOR", help=f"one of: {', '.join(available_generators())}")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    parser.add_argument("--num", required=True, type=int, metavar="N", help="number of samples")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed (default 0)")
+    parser.add_argument("--workers", type=int, default=1, metavar="W", help="worker processes (default 1)")
+    parser.add_argument(
+        "--shard-size", type=int, default=1000, metavar="K", help="samples per shard (default 1000)"
+    )
+    parser.add_argument("--image-size", type=int, metavar="PX", help="generator config image_size")
+    parser.add_argument(
+        "--tasks", metavar="LIST", help="generator config tasks, comma-separated (e.g. t2i,edit)"
+    )
+    parser.add_argument("--config", type=Path, metavar="JSON", help="generator config file (JSON object)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one generator config field (JSON value, or comma list for list fields); repeatable",
+    )
+    parser.add_argument("--no-dedup", action="store_true", help="keep perceptual near-duplicates")
+    parser.add_argument(
+        "--phash-distance", type=int, metavar="BITS", help="dedup Hamming threshold (default 2)"
+    )
+    parser.add_argument(
+        "--contact-sheet", type=int, default=32, metavar="M", help="samples on the sheet (0 = none)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete existing shards in DIR instead of resuming"
+    )
+    parser.set_defaults(func=run_synth)
+    return parser
+
+
+def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
+    default = field.default if field.default is not dataclasses.MISSING else None
+    value = _scalar(raw)
+    if isinstance(default, tuple) and isinstance(value, str):
+        value = [_scalar(v.strip()) for v in value.split(",") if v.strip()]
+    return value
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return json.loads(text)  # numbers in a comma list ("1,2,1")
+    except json.JSONDecodeError:
+        return text
+
+
+def build_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The generator config dict from --config, --image-size, --tasks and --set (later wins)."""
+    gen_cls = get_generator(args.generator)
+    fields = {f.name: f for f in dataclasses.fields(gen_cls.config_class) if f.name != "extra"}
+    config: dict[str, Any] = {}
+    if args.config is not None:
+        data = json.loads(args.config.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {args.config} must hold a JSON object")
+        config.update(data)
+    pairs: list[tuple[str, str]] = []
+    if args.image_size is not None:
+        pairs.append(("image_size", str(args.image_size)))
+    if args.tasks is not None:
+        pairs.append(("tasks", args.tasks))
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r} must look like KEY=VALUE")
+        pairs.append((key.strip(), raw))
+    for key, raw in pairs:
+        if key not in fields:
+            raise ValueError(
+                f"generator {args.generator!r} has no config field {key!r}; fields: {sorted(fields)}"
+            )
+        config[key] = _coerce(fields[key], raw)
+    return config
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Run ``internvlu synth`` from parsed arguments; returns the exit code (0 ok, 2 bad input)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        filters = FilterConfig(dedup=not args.no_dedup)
+        if args.phash_distance is not None:
+            filters = dataclasses.replace(filters, phash_max_distance=args.phash_distance)
+        manifest = run_synthesis(
+            args.generator,
+            args.out,
+            args.num,
+            seed=args.seed,
+            workers=args.workers,
+            shard_size=args.shard_size,
+            config=build_overrides(args),
+            filters=filters,
+            contact_sheet_samples=args.contact_sheet,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"internvlu synth: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {manifest['num_samples']} samples in {manifest['num_shards']} shards to {args.out} "
+        f"({manifest['generated_shards']} built, {manifest['skipped_shards']} kept); "
+        f"tasks {manifest['counts_by_task']}; rejected {manifest['rejections']}"
+    )
+    return 0

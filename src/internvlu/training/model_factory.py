@@ -1,0 +1,290 @@
+"""Build the five pipeline components for training: from a checkpoint, or fresh from a size (`ModelArch`).
+
+Fresh models follow the released structure exactly (InternViT + pixel shuffle + mlp1 + Qwen3, an MMDiT head fed by
+the concatenated hidden states of layers [-1, -2], a Qwen-Image-style VAE, the DPM-Solver++ flow scheduler and the
+InternVL-U processor) at any size, so an export of a fresh model loads with `InternVLUPipeline.from_pretrained`.
+Without `tokenizer_path` a small byte-level BPE tokenizer is trained in-process on the template strings; it is
+deterministic (same ids on every machine), needs no download and keeps the long Chinese system prompts short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import torch
+
+from internvlu.constants import (
+    IM_END_TOKEN,
+    IM_START_TOKEN,
+    SPECIAL_TOKEN_LIST,
+    TEMPLATE_SYSTEM_PROMPTS,
+    TEXT_DROPPED_PROMPT,
+    THINK_END_TOKEN,
+    THINK_START_TOKEN,
+    UNCOND_PROMPT,
+)
+from internvlu.training.config import ModelArch, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+PAD_TOKEN = "<|endoftext|>"
+# Qwen/InternVL order after the BPE vocabulary; <think>/</think> are ordinary added tokens as in Qwen3.
+ADDED_SPECIAL_TOKENS = (
+    PAD_TOKEN, IM_START_TOKEN, IM_END_TOKEN, "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>",
+    "</ref>", "<box>", "</box>", "<img_uncond>",
+)  # fmt: skip
+ADDED_PLAIN_TOKENS = (THINK_START_TOKEN, THINK_END_TOKEN)
+BUILTIN_BPE_VOCAB = 768
+# Qwen2 pre-tokenizer pattern (numbers split per digit).
+_QWEN_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+_CORPUS_WORDS = (
+    "a an the of on in at to and with is are what which where how many color colour shape image picture background "
+    "red orange yellow green blue purple pink brown black white gray light dark small medium large big circle square "
+    "triangle diamond star left right top bottom center middle above below next make turn move add remove change "
+    "into one two three four five there describe answer question the user wants draw first then think"
+)
+
+RELEASED_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", solver_order=2,
+    prediction_type="flow_prediction", thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0,
+    algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True, euler_at_final=False,
+    use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_lu_lambdas=False,
+    use_flow_sigmas=True, flow_shift=3.0, final_sigmas_type="zero", lambda_min_clipped=float("-inf"),
+    variance_type=None, timestep_spacing="linspace", steps_offset=0, rescale_betas_zero_snr=False,
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# Size presets
+# --------------------------------------------------------------------------------------------------
+
+
+def tiny_arch() -> ModelArch:
+    """The parity-fixture shape: ~1.4M parameters, 4 image tokens, 56 px ViT input; trains on CPU in seconds."""
+    return ModelArch()
+
+
+def mid_arch() -> ModelArch:
+    """A research-size model (~60M parameters): 224 px ViT (64 image tokens), 512-wide LLM and head."""
+    return ModelArch(
+        vit_image_size=224, vit_patch_size=14, vit_hidden=256, vit_layers=4, vit_heads=4, vit_mlp=1024,
+        llm_hidden=512, llm_layers=8, llm_heads=8, llm_kv_heads=4, llm_head_dim=64, llm_mlp=1536,
+        dit_layers=6, dit_heads=8, dit_head_dim=64, dit_axes_rope=[16, 24, 24],
+        vae_base_dim=32, vae_res_blocks=1, gen_min_side=256, gen_max_side=512, gen_default_size=256,
+    )  # fmt: skip
+
+
+def full_arch() -> ModelArch:
+    """The released 4B structure (InternViT-300M, Qwen3-1.7B, 20-block 1.8B MMDiT, Qwen-Image VAE)."""
+    return ModelArch(
+        vit_image_size=448, vit_patch_size=14, vit_hidden=1024, vit_layers=24, vit_heads=16, vit_mlp=4096,
+        llm_hidden=2048, llm_layers=28, llm_heads=16, llm_kv_heads=8, llm_head_dim=128, llm_mlp=6144,
+        dit_layers=20, dit_heads=12, dit_head_dim=128, dit_axes_rope=[16, 56, 56],
+        vae_base_dim=96, vae_res_blocks=2, gen_min_side=512, gen_max_side=1024, gen_default_size=512,
+    )  # fmt: skip
+
+
+ARCHS: dict[str, Callable[[], ModelArch]] = {"tiny": tiny_arch, "mid": mid_arch, "full": full_arch}
+
+
+def arch_preset(name: str) -> ModelArch:
+    if name not in ARCHS:
+        raise ValueError(f"unknown model size {name!r}; known: {sorted(ARCHS)}")
+    return ARCHS[name]()
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer and processor
+# --------------------------------------------------------------------------------------------------
+
+
+def build_tokenizer():
+    """Deterministic byte-level BPE (Qwen2 pre-tokenizer) + the InternVL-U special tokens, as a transformers
+    fast tokenizer. Same ids on every run: the trainer's merge order depends only on the fixed corpus."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    words = _CORPUS_WORDS.split()
+    corpus = [*TEMPLATE_SYSTEM_PROMPTS.values()] * 20 + [UNCOND_PROMPT, TEXT_DROPPED_PROMPT] * 10
+    corpus += [" ".join(words[i : i + 8]) for i in range(0, len(words), 4)] * 5
+    corpus += [w.capitalize() + "." for w in words]
+    trainer = trainers.BpeTrainer(
+        vocab_size=BUILTIN_BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ADDED_SPECIAL_TOKENS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_PLAIN_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END_TOKEN, pad_token=PAD_TOKEN, padding_side="left", clean_up_tokenization_spaces=False
+    )
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def build_processor(arch: ModelArch, tokenizer):
+    from internvlu.processing.images import GenerationImageProcessor, UnderstandingImageProcessor
+    from internvlu.processing_internvlu import InternVLUProcessor, ProcessorConfig
+
+    vae_factor = 8
+    config = ProcessorConfig(
+        image_processor_kwargs=UnderstandingImageProcessor(size=(arch.vit_image_size, arch.vit_image_size)),
+        image_gen_processor_kwargs=GenerationImageProcessor(
+            vae_downsample_factor=vae_factor,
+            min_dynamic_patch=(arch.gen_min_side // vae_factor) ** 2,
+            max_dynamic_patch=(arch.gen_max_side // vae_factor) ** 2,
+            max_length=arch.gen_max_side if arch.gen_max_side >= 1024 else None,
+        ),
+        image_seq_length=num_image_tokens(arch),
+        extra={"processor_class": "InternVLUProcessor"},
+    )
+    return InternVLUProcessor(tokenizer, config)
+
+
+def num_image_tokens(arch: ModelArch) -> int:
+    return (arch.vit_image_size // arch.vit_patch_size) ** 2 // 4
+
+
+# --------------------------------------------------------------------------------------------------
+# Component configs
+# --------------------------------------------------------------------------------------------------
+
+
+def vlm_config(arch: ModelArch, tokenizer):
+    from internvlu.vlm.configuration import InternVisionConfig, InternVLUChatConfig
+
+    vocab = tokenizer.get_vocab()
+    size = len(tokenizer)
+    vocab_size = -(-size // arch.llm_vocab_multiple) * arch.llm_vocab_multiple
+    vision = InternVisionConfig(
+        patch_size=arch.vit_patch_size, image_size=arch.vit_image_size, hidden_size=arch.vit_hidden,
+        num_attention_heads=arch.vit_heads, intermediate_size=arch.vit_mlp, num_hidden_layers=arch.vit_layers,
+        qkv_bias=True, qk_normalization=False, norm_type="layer_norm", layer_norm_eps=1e-6, hidden_act="gelu",
+        use_flash_attn=False,
+    )  # fmt: skip
+    llm = {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": arch.llm_hidden,
+        "num_hidden_layers": arch.llm_layers, "num_attention_heads": arch.llm_heads,
+        "num_key_value_heads": arch.llm_kv_heads, "head_dim": arch.llm_head_dim, "intermediate_size": arch.llm_mlp,
+        "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+        "vocab_size": vocab_size, "tie_word_embeddings": False, "attention_bias": False, "attention_dropout": 0.0,
+        "initializer_range": 0.02, "use_cache": True, "bos_token_id": vocab[PAD_TOKEN],
+        "pad_token_id": vocab[PAD_TOKEN], "eos_token_id": vocab[IM_END_TOKEN],
+    }  # fmt: skip
+    return InternVLUChatConfig(
+        vision_config=vision, llm_config=llm, template="qwen2_5-chat-v3", downsample_ratio=0.5,
+        force_image_size=arch.vit_image_size, select_layer=-1, ps_version="v2", tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def decoder_config(arch: ModelArch):
+    from internvlu.diffusion.configuration import InternVLUGenerationDecoderConfig, InternVLUTransformerConfig
+
+    joint = 2 * arch.llm_hidden  # hidden states of layers [-1, -2], concatenated
+    return InternVLUGenerationDecoderConfig(
+        decoder_config=InternVLUTransformerConfig(
+            patch_size=2, in_channels=64, out_channels=16, num_layers=arch.dit_layers,
+            attention_head_dim=arch.dit_head_dim, num_attention_heads=arch.dit_heads, joint_attention_dim=joint,
+            axes_dims_rope=tuple(arch.dit_axes_rope), video_position_scale_factor=1.0,
+            vlm_cond_position_scale_factor=0.25, extra={"_class_name": "InternVLUTransformer2DModel"},
+        ),
+        decoder_projector_type="identity", input_hidden_size=joint, output_hidden_size=joint,
+        padding_encoder_hidden_states=True, pad_to_fix_length=False, max_sequence_length=768,
+        vlm_select_layer=[-1, -2], gen_image_height=arch.gen_default_size, gen_image_width=arch.gen_default_size,
+        video_position_scale_factor=1.0, vlm_cond_position_scale_factor=0.25, flow_shift=3.0, vae_downsample_factor=8,
+        extra={"architectures": ["InternVLUGenerationDecoder"]},
+    )  # fmt: skip
+
+
+def build_vae(arch: ModelArch):
+    from diffusers import AutoencoderKLQwenImage
+
+    # Qwen-Image VAE structure; latents_mean/std are the diffusers defaults (= the release's values).
+    return AutoencoderKLQwenImage(
+        base_dim=arch.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=arch.vae_res_blocks,
+        attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0,
+    )  # fmt: skip
+
+
+def build_scheduler():
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(**RELEASED_SCHEDULER)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _init_fresh_weights(vlm, decoder, std: float) -> None:
+    """Training init: HF init for the LLM (done by its constructor), N(0, std) for the ViT's class/position
+    tables and the special-token rows (their constructors draw N(0, 1), far larger than the token embeddings),
+    the reference's Xavier init for the MMDiT head."""
+    emb = vlm.vision_model.embeddings
+    emb.class_embedding.normal_(0.0, std)
+    emb.position_embedding.normal_(0.0, std)
+    vlm.special_token_embedding.weight.normal_(0.0, std)
+    decoder.decoder.initialize_weights()
+
+
+def build_fresh_pipeline(arch: ModelArch, seed: int = 0, tokenizer_path: str | None = None,
+                         attn_implementation: str = "sdpa"):
+    """A new `InternVLUPipeline` of size `arch` with seeded random weights (fp32, CPU)."""
+    from internvlu.diffusion import InternVLUGenerationDecoder
+    from internvlu.pipeline import InternVLUPipeline
+    from internvlu.vlm import InternVLUChatModel
+
+    arch.validate()
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()
+    missing = [t for t in (*SPECIAL_TOKEN_LIST, IM_START_TOKEN, IM_END_TOKEN) if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"tokenizer at {tokenizer_path!r} lacks the InternVL-U tokens {missing}")
+    processor = build_processor(arch, tokenizer)
+    # One generator state for the whole build: the same seed gives the same weights on every machine.
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        vlm = InternVLUChatModel(vlm_config(arch, tokenizer), attn_implementation=attn_implementation)
+        decoder = InternVLUGenerationDecoder(decoder_config(arch))
+        _init_fresh_weights(vlm, decoder, std=0.02)
+        vae = build_vae(arch)
+    finally:
+        torch.random.set_rng_state(state)
+    return InternVLUPipeline(vlm.float(), decoder.float(), vae.float().eval(), build_scheduler(), processor)
+
+
+def build_pipeline(model: ModelConfig, seed: int = 0, device: str | torch.device = "cpu"):
+    """The starting point of a run: the checkpoint at `model.path`, or a fresh model of `model.arch` (fp32)."""
+    from internvlu.pipeline import InternVLUPipeline
+
+    if model.init == "pretrained":
+        if not model.path:
+            raise ValueError("model.init='pretrained' needs model.path")
+        pipe = InternVLUPipeline.from_pretrained(
+            model.path, dtype=torch.float32, device=device, attn_implementation=model.attn_implementation
+        )
+    else:
+        pipe = build_fresh_pipeline(model.arch, seed, model.tokenizer_path, model.attn_implementation).to(device)
+    return pipe
+
+
+def describe_arch(arch: ModelArch) -> dict[str, int | list[int]]:
+    return dataclasses.asdict(arch)
