@@ -396,7 +396,6 @@ class InternVLUPipeline:
         """
         if images is None:
             raise ValueError("edit needs at least one input image (images=None)")
-        images = _images_for(prompt, images)
         if kwargs.get("height") is None and kwargs.get("width") is None:
             first = load_image(_first_image(images), self.processor.max_image_pixels)
             kwargs["height"], kwargs["width"] = self.processor.generation_processor.target_size(first.height, first.width)
