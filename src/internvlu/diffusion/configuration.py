@@ -1,68 +1,32 @@
 """Typed configs of the generation decoder (`generation_decoder/config.json`).
 
 Two dataclasses mirror the two levels of the official file:
-- `InternVLUGenerationDecoderConfig`: the wrapper (`model_type="internvlu_generation_decoder"`), whose fields
-are
-  mostly training hints; only the projector, the padding token width and the two RoPE scale factors shape the
-  model.
-- `InternVLUTransformerConfig`: the nested `decoder_config` dict, i.e. the register-to-config arguments of the
-MMDiT
-  (`InternVLUTransformer2DModel`). diffusers keeps unknown keys such as `_class_name` there; we keep them in
-  `extra`.
+- `InternVLUGenerationDecoderConfig`: the wrapper (`model_type="internvlu_generation_decoder"`), whose
+  fields are mostly training hints; only the projector, the padding token width and the two RoPE scale
+  factors shape the model.
+- `InternVLUTransformerConfig`: the nested `decoder_config` dict, i.e. the register-to-config arguments of
+  the MMDiT (`InternVLUTransformer2DModel`). diffusers keeps unknown keys such as `_class_name` there; we
+  keep them in `extra`.
 
 Defaults are the official class defaults (spec §1.3), not the released values;
-`released_generation_decoder_config()`
-returns the released 4B configuration.
+`released_generation_decoder_config()` returns the released 4B configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
 
 from internvlu.utils.config import ConfigBase
-
-T = TypeVar("T", bound="_KeepsAbsentKeys")
 
 MODEL_TYPE = "internvlu_generation_decoder"
 DECODER_PROJECTOR_TYPES = ("identity", "mlp2x_gelu")
 
 
-class _KeepsAbsentKeys(ConfigBase):
-    """Round-trip helper: a field whose key was absent from the loaded JSON (and still holds its default) is
-    not
-    written back, so `from_dict(d).to_dict() == d` also holds for files that omit optional keys (e.g. the
-    `decoder_config` of the release has no `timestep_scale`)."""
-
-    @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        obj = super().from_dict(data)
-        # Not a dataclass field: it must not appear in repr/eq/asdict.
-        object.__setattr__(obj, "_source_keys", frozenset(data))
-        return obj
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        source_keys: frozenset[str] | None = getattr(self, "_source_keys", None)
-        if source_keys is None:
-            return out
-        for f in dataclasses.fields(self):
-            if f.name == "extra" or f.name in source_keys:
-                continue
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                continue
-            if getattr(self, f.name) == default:
-                out.pop(f.name, None)
-        return out
-
-
 @dataclasses.dataclass
-class InternVLUTransformerConfig(_KeepsAbsentKeys):
-    """Architecture of the MMDiT head (`decoder_config`). Released: 20 layers, 12 heads x 128, joint dim 4096."""
+class InternVLUTransformerConfig(ConfigBase):
+    """Architecture of the MMDiT head (`decoder_config`).
+
+    Released: 20 layers, 12 heads x 128, joint dim 4096."""
 
     patch_size: int = 2
     in_channels: int = 64  # = patch_size**2 * latent channels (2x2 patches of 16-channel latents)
@@ -74,9 +38,8 @@ class InternVLUTransformerConfig(_KeepsAbsentKeys):
     axes_dims_rope: tuple[int, int, int] = (16, 56, 56)  # (frame, height, width) rotary dims; sum = head dim
     video_position_scale_factor: float = 1.0  # RoPE scale of generated/reference latent tokens
     vlm_cond_position_scale_factor: float = 1.0  # RoPE scale of ViT tokens inside the context
-    # Multiplier a pipeline applies to the scheduler timestep before the model (reference default 1.0); the
-    # model
-    # itself never reads it. Absent from the released file.
+    # Multiplier a pipeline applies to the scheduler timestep before the model (reference default 1.0);
+    # the model itself never reads it. Absent from the released file.
     timestep_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -117,12 +80,12 @@ class InternVLUTransformerConfig(_KeepsAbsentKeys):
             )
         if sum(self.axes_dims_rope) != self.attention_head_dim:
             raise ValueError(
-                f"decoder_config.axes_dims_rope {list(self.axes_dims_rope)} sums to {sum(self.axes_dims_rope)}, "
-                f"but attention_head_dim is {self.attention_head_dim}; they must be equal"
+                f"decoder_config.axes_dims_rope {list(self.axes_dims_rope)} sums to "
+                f"{sum(self.axes_dims_rope)}, but attention_head_dim is {self.attention_head_dim}; "
+                "they must be equal"
             )
-        # The head patchifies C-channel latents into p*p*C features and unpatchifies p*p*out_channels back
-        # into
-        # the same C channels, so in_channels must be exactly p*p*out_channels.
+        # The head patchifies C-channel latents into p*p*C features and unpatchifies p*p*out_channels
+        # back into the same C channels, so in_channels must be exactly p*p*out_channels.
         if self.in_channels != self.patch_size**2 * self.latent_channels:
             raise ValueError(
                 f"decoder_config.in_channels ({self.in_channels}) must equal patch_size**2 * out_channels "
@@ -135,10 +98,11 @@ class InternVLUTransformerConfig(_KeepsAbsentKeys):
 
 
 @dataclasses.dataclass
-class InternVLUGenerationDecoderConfig(_KeepsAbsentKeys):
-    """`generation_decoder/config.json`. HF bookkeeping keys (`architectures`, `torch_dtype`,
-    `transformers_version`,
-    `is_composition`) are kept in `extra` and written back unchanged."""
+class InternVLUGenerationDecoderConfig(ConfigBase):
+    """`generation_decoder/config.json`.
+
+    HF bookkeeping keys (`architectures`, `torch_dtype`, `transformers_version`, `is_composition`) are kept
+    in `extra` and written back unchanged."""
 
     model_type: str = MODEL_TYPE
     decoder_config: InternVLUTransformerConfig = dataclasses.field(default_factory=InternVLUTransformerConfig)
@@ -179,7 +143,8 @@ class InternVLUGenerationDecoderConfig(_KeepsAbsentKeys):
             self.decoder_config = InternVLUTransformerConfig.from_dict(self.decoder_config)
         elif not isinstance(self.decoder_config, InternVLUTransformerConfig):
             raise TypeError(
-                f"decoder_config must be a dict or InternVLUTransformerConfig, got {type(self.decoder_config).__name__}"
+                "decoder_config must be a dict or InternVLUTransformerConfig, "
+                f"got {type(self.decoder_config).__name__}"
             )
         super().__post_init__()
 
@@ -188,7 +153,8 @@ class InternVLUGenerationDecoderConfig(_KeepsAbsentKeys):
             raise ValueError(f"model_type must be {MODEL_TYPE!r}, got {self.model_type!r}")
         if self.decoder_projector_type not in DECODER_PROJECTOR_TYPES:
             raise ValueError(
-                f"decoder_projector_type must be one of {DECODER_PROJECTOR_TYPES}, got {self.decoder_projector_type!r}"
+                f"decoder_projector_type must be one of {DECODER_PROJECTOR_TYPES}, "
+                f"got {self.decoder_projector_type!r}"
             )
         for name in (
             "input_hidden_size",
@@ -230,9 +196,10 @@ class InternVLUGenerationDecoderConfig(_KeepsAbsentKeys):
         )
         if cfg.joint_attention_dim != self.context_width:
             raise ValueError(
-                f"decoder_config.joint_attention_dim ({cfg.joint_attention_dim}) must equal the projected context "
-                f"width ({self.context_width}: input_hidden_size for 'identity', output_hidden_size for "
-                f"'mlp2x_gelu'; decoder_projector_type={self.decoder_projector_type!r})"
+                f"decoder_config.joint_attention_dim ({cfg.joint_attention_dim}) must equal the projected "
+                f"context width ({self.context_width}: input_hidden_size for 'identity', "
+                f"output_hidden_size for 'mlp2x_gelu'; decoder_projector_type="
+                f"{self.decoder_projector_type!r})"
             )
         return cfg
 

@@ -1,9 +1,8 @@
 """`InternVLUGenerationDecoder`: the `generation_decoder/` component (official `internvlu.diffusion` class).
 
 It wraps the MMDiT head (`decoder.*` keys) with the learned `encoder_padding_token` and the
-`decoder_projector`
-applied to the VLM conditioning. The released checkpoint uses the identity projector, so its state dict is the
-padding token plus the transformer (654 tensors, 1,808,034,880 parameters).
+`decoder_projector` applied to the VLM conditioning. The released checkpoint uses the identity projector, so
+its state dict is the padding token plus the transformer (654 tensors, 1,808,034,880 parameters).
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ class InternVLUGenerationDecoder(nn.Module):
                 f"config must be an InternVLUGenerationDecoderConfig, got {type(config).__name__}"
             )
         self.config = config
-        # The top-level RoPE scale factors override decoder_config's (reference behaviour); config stays
-        # unchanged.
+        # The top-level RoPE scale factors override decoder_config's (reference behaviour); the config
+        # object itself stays unchanged.
         self.decoder = InternVLUTransformer2DModel(config.transformer_config())
         if config.padding_encoder_hidden_states:
             # Fills padded context rows in `pad_encoder_hidden_states`; never reaches the packed forward.
@@ -62,9 +61,8 @@ class InternVLUGenerationDecoder(nn.Module):
         return self.decoder.img_in.weight.device
 
     def init_non_persistent_buffers(self) -> None:
-        """Recompute state that lives outside the state dict after a meta-device build (there is none; kept
-        for a
-        uniform loader API)."""
+        """Recompute state that lives outside the state dict after a meta-device build (there is none;
+        kept for a uniform loader API)."""
         self.decoder.init_non_persistent_buffers()
 
     def pad_encoder_hidden_states(
@@ -72,10 +70,8 @@ class InternVLUGenerationDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The reference `prepare_forward_input`: pad the K context tensors to
         `M = max_sequence_length` (`pad_to_fix_length`) or `max(max T_k, max_sequence_length)` with the
-        learned
-        padding token, then apply the projector. Only for inspection/training: `forward` packs the unpadded
-        tensors,
-        so the padding never changes a velocity.
+        learned padding token, then apply the projector. Only for inspection/training: `forward` packs the
+        unpadded tensors, so the padding never changes a velocity.
 
         Returns:
             (projected [K, M, out] context, attention mask [K, M] bool, image-token mask [K, M] bool).
@@ -86,7 +82,8 @@ class InternVLUGenerationDecoder(nn.Module):
             )
         if len(encoder_hidden_states) != len(encoder_image_token_mask):
             raise ValueError(
-                f"got {len(encoder_hidden_states)} context tensors but {len(encoder_image_token_mask)} image masks"
+                f"got {len(encoder_hidden_states)} context tensors but "
+                f"{len(encoder_image_token_mask)} image masks"
             )
         lengths = [h.shape[0] for h in encoder_hidden_states]
         if self.config.pad_to_fix_length:
@@ -119,15 +116,15 @@ class InternVLUGenerationDecoder(nn.Module):
 
         Args:
             latents: [K, C, H_l, W_l] noisy latents (C=16); H_l/W_l are the largest grid over the K samples.
-            timestep: [K] scheduler timesteps on the 0..1000 scale; rounded to the model dtype first (§5.3.1).
+            timestep: [K] scheduler timesteps on the 0..1000 scale; rounded to the model dtype first
+                (§5.3.1).
             encoder_hidden_states: K tensors [T_k, input_hidden_size], the gathered VLM conditioning.
             encoder_image_token_mask: K bool [T_k], True at `<IMG_CONTEXT>` positions.
             image_grid_thw_gen: [K, 3] (1, H_g, W_g) latent-pixel size of each generated image.
             image_fhw_cond: K long [m_k, 3] ViT RoPE grids ((1, 16, 16) at full size) of the images in each
                 context; an empty tensor for a context without images.
-            cond_latents: per sample, a list of reference latents [C, h, w] (VAE mode, normalised, cropped to
-            their
-                grid); None or empty lists for no references.
+            cond_latents: per sample, a list of reference latents [C, h, w] (VAE mode, normalised,
+                cropped to their grid); None or empty lists for no references.
 
         Returns:
             [K, C, H_l, W_l] velocity in the model dtype (zeros outside each sample's grid).
@@ -142,7 +139,8 @@ class InternVLUGenerationDecoder(nn.Module):
         for k, hid in enumerate(encoder_hidden_states):
             if hid.ndim != 2 or hid.shape[1] != self.config.input_hidden_size:
                 raise ValueError(
-                    f"encoder_hidden_states[{k}] must be [T, {self.config.input_hidden_size}], got {tuple(hid.shape)}"
+                    f"encoder_hidden_states[{k}] must be [T, {self.config.input_hidden_size}], "
+                    f"got {tuple(hid.shape)}"
                 )
             context.append(self.decoder_projector(hid.to(dtype)))
         if (

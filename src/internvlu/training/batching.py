@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 
 from internvlu.constants import IMAGE_PLACEHOLDER, IMG_END_TOKEN, IMG_START_TOKEN, THINK_END_TOKEN, THINK_START_TOKEN
-from internvlu.data.records import Sample
+from internvlu.data.records import BadRecordTracker, RecordError, Sample
 from internvlu.processing.images import round_to_bf16
 from internvlu.processing.templates import (
     RESERVED_TOKENS,
@@ -45,6 +46,7 @@ from internvlu.training.dataset import PlannedSample, TaskIndex, load_uncached
 from internvlu.training.losses import IGNORE_INDEX, sample_sigma
 
 SIDE_ALIGN = 16  # VAE factor 8 x 2x2 head patch
+_IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,13 +274,16 @@ class BatchBuilder:
     sample index), so it does not depend on the number of processes or on where a run was resumed.
     """
 
-    def __init__(self, processor: Any, data: DataConfig, loss: LossConfig, seed: int, vit_grid: int) -> None:
+    def __init__(self, processor: Any, data: DataConfig, loss: LossConfig, seed: int, vit_grid: int,
+                 tracker: BadRecordTracker | None = None) -> None:
         self.processor = processor
         self.data = data
         self.loss = loss
         self.seed = seed
         self.vit_grid = vit_grid
         self.pad_id = int(processor.tokenizer.pad_token_id)
+        self.tracker = tracker if tracker is not None else BadRecordTracker(max_bad_fraction=data.max_bad_fraction)
+        self._lock = threading.Lock()
 
     def decisions(self, sample: Sample, index: int) -> tuple[DropCond, float, int]:
         rng = np.random.default_rng([self.seed, 0x5EED, index])
@@ -288,36 +293,60 @@ class BatchBuilder:
         return drop, sigma, noise_seed
 
     def build(self, planned: Sequence[PlannedSample], index: TaskIndex) -> TrainBatch:
-        und = self.processor.understanding_processor
-        gen_proc = self.processor.generation_processor
         rows: list[RenderedRow] = []
         pixels: list[torch.Tensor] = []
         gen: list[GenItem] = []
         drops: list[str] = []
-        for r, plan in enumerate(planned):
-            sample = index.get(plan.task, plan.record)
-            drop, sigma, noise_seed = self.decisions(sample, plan.index)
-            row = render_sample(sample, drop, self.processor)
-            if self.data.max_tokens is not None and len(row.input_ids) > self.data.max_tokens:
-                raise ValueError(
-                    f"{sample.location}: row of {len(row.input_ids)} tokens exceeds data.max_tokens={self.data.max_tokens}"
-                )
+        used: list[PlannedSample] = []
+        for plan in planned:
+            # A record whose image fails to decode now (indexing without check_images) is counted as bad and
+            # replaced by the next record of the same task: deterministic, and never silent.
+            count = len(index.by_task[plan.task])
+            for attempt in range(count):
+                candidate = dataclasses.replace(plan, record=(plan.record + attempt) % count)
+                sample = index.get(candidate.task, candidate.record)
+                try:
+                    item = self._build_one(sample, candidate.index, len(rows))
+                except _IMAGE_ERRORS as exc:
+                    self._report_bad(sample, exc)
+                    continue
+                break
+            else:
+                raise ValueError(f"every {plan.task!r} record failed to load; see the bad-record log")
+            row, row_pixels, gen_item, drop = item
             rows.append(row)
+            pixels += row_pixels
+            if gen_item is not None:
+                gen.append(gen_item)
             drops.append(drop.value)
-            inputs = [load_uncached(ref) for ref in sample.images[: row.num_images]]
-            # Same preprocessing and bf16 rounding as the processor gives the ViT at inference.
-            pixels += [round_to_bf16(und.preprocess(img)) for img in inputs]
-            if not row.generation:
-                continue
-            assert sample.target is not None
-            target_img = load_uncached(sample.target)
-            h, w = target_size(target_img.height, target_img.width, self.data.resolution)
-            target = generation_pixels(resize_cover(target_img, h, w), gen_proc)
-            refs = (
-                [round_to_bf16(gen_proc.preprocess(img)) for img in inputs] if self.data.use_reference_latents else []
+            used.append(candidate)
+        return self._collate(rows, pixels, gen, used, drops)
+
+    def _build_one(self, sample: Sample, index: int, row_index: int):
+        und = self.processor.understanding_processor
+        gen_proc = self.processor.generation_processor
+        drop, sigma, noise_seed = self.decisions(sample, index)
+        row = render_sample(sample, drop, self.processor)
+        if self.data.max_tokens is not None and len(row.input_ids) > self.data.max_tokens:
+            raise ValueError(
+                f"{sample.location}: row of {len(row.input_ids)} tokens exceeds data.max_tokens={self.data.max_tokens}"
             )
-            gen.append(GenItem(r, target, refs, row.num_images, sigma, noise_seed, plan.index))
-        return self._collate(rows, pixels, gen, planned, drops)
+        inputs = [load_uncached(ref) for ref in sample.images[: row.num_images]]
+        # Same preprocessing and bf16 rounding as the processor gives the ViT at inference.
+        pixels = [round_to_bf16(und.preprocess(img)) for img in inputs]
+        if not row.generation:
+            return row, pixels, None, drop
+        assert sample.target is not None
+        target_img = load_uncached(sample.target)
+        h, w = target_size(target_img.height, target_img.width, self.data.resolution)
+        target = generation_pixels(resize_cover(target_img, h, w), gen_proc)
+        refs = [round_to_bf16(gen_proc.preprocess(img)) for img in inputs] if self.data.use_reference_latents else []
+        return row, pixels, GenItem(row_index, target, refs, row.num_images, sigma, noise_seed, index), drop
+
+    def _report_bad(self, sample: Sample, exc: BaseException) -> None:
+        error = RecordError(sample.location, "images", "unreadable_image", f"image failed to decode during training: {exc}")
+        with self._lock:
+            self.tracker.add_bad(error)
 
     def _collate(self, rows, pixels, gen, planned, drops) -> TrainBatch:
         width = max(len(r.input_ids) for r in rows)

@@ -171,6 +171,7 @@ class DataConfig:
             does); False gives the head only the ViT tokens of the inputs (stage 1).
         num_workers: threads that build the next micro-batches (decode, resize, tokenise) ahead of the step.
         max_tokens: refuse rows longer than this many tokens (None: no limit).
+        latent_cache: folder of pre-computed VAE posteriors, read (and filled) during training.
     """
 
     sources: list[str] = dataclasses.field(default_factory=lambda: ["toy"])
@@ -182,6 +183,7 @@ class DataConfig:
     use_reference_latents: bool = False
     num_workers: int = 0
     max_tokens: int | None = None
+    latent_cache: str | None = None  # folder of pre-computed VAE posteriors (latents.py); None: encode every step
 
     def validate(self) -> None:
         if not self.sources:

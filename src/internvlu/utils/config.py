@@ -7,6 +7,7 @@ so every config keeps the keys it does not know in `extra` and writes them back 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -32,25 +33,41 @@ class ConfigBase:
         return {f.name for f in dataclasses.fields(cls)} - {"extra"}
 
     @classmethod
+    def _convert_nested(cls, known: dict[str, Any]) -> dict[str, Any]:
+        """Hook for subclasses: turn nested dicts into typed configs before construction."""
+        return known
+
+    @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
         names = cls.field_names()
-        known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**known, extra=extra)
+        known = {k: copy.deepcopy(v) for k, v in data.items() if k in names}
+        extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in names}
+        try:
+            obj = cls(**cls._convert_nested(known), extra=extra)
+        except TypeError as exc:  # a required field is missing
+            raise ValueError(f"{cls.__name__}: {exc}") from exc
+        # Fields the file did not name are not written back while they keep their default, so
+        # `from_dict(d).to_dict() == d` holds for files that omit optional keys. (Not a dataclass
+        # field: stays out of repr/eq.)
+        object.__setattr__(obj, "_absent_fields", frozenset(names - data.keys()))
+        return obj
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.extra)
+        out: dict[str, Any] = copy.deepcopy(self.extra)
+        absent: frozenset[str] = getattr(self, "_absent_fields", frozenset())
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
+            if f.name in absent and _has_default(f) and value == _default_of(f):
+                continue
             if isinstance(value, ConfigBase):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
-            out[f.name] = value
+            out[f.name] = copy.deepcopy(value)
         return dict(sorted(out.items()))
 
     @classmethod
@@ -66,3 +83,11 @@ class ConfigBase:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(self.to_dict(), fh, indent=2, ensure_ascii=False)
             fh.write("\n")
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

@@ -13,50 +13,8 @@ from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
-from typing_extensions import Self
 
 from internvlu.utils.config import ConfigBase
-
-
-@dataclasses.dataclass(kw_only=True)
-class _RoundTripConfig(ConfigBase):
-    """ConfigBase that remembers which known fields the source dict lacked and omits them on save."""
-
-    def __post_init__(self) -> None:
-        # Filled by from_dict; a directly constructed config writes every field.
-        self._absent_fields: frozenset[str] = frozenset()
-        super().__post_init__()
-
-    @classmethod
-    def _convert_nested(cls, known: dict[str, Any]) -> dict[str, Any]:
-        """Hook for subclasses: turn nested dicts into typed configs before construction."""
-        return known
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        if not isinstance(data, dict):
-            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
-        names = cls.field_names()
-        known = {k: copy.deepcopy(v) for k, v in data.items() if k in names}
-        extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in names}
-        try:
-            obj = cls(**cls._convert_nested(known), extra=extra)
-        except TypeError as exc:  # a required field is missing
-            raise ValueError(f"{cls.__name__}: {exc}") from exc
-        obj._absent_fields = frozenset(names - data.keys())
-        return obj
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        defaults = {
-            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            for f in dataclasses.fields(self)
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        }
-        for name in self._absent_fields:
-            if name in defaults and out.get(name) == defaults[name]:
-                out.pop(name, None)
-        return copy.deepcopy(out)
 
 
 def _require_positive_int(owner: str, name: str, value: Any) -> None:
@@ -70,7 +28,7 @@ def _require_probability(owner: str, name: str, value: Any) -> None:
 
 
 @dataclasses.dataclass(kw_only=True)
-class InternVisionConfig(_RoundTripConfig):
+class InternVisionConfig(ConfigBase):
     """`vlm/config.json` -> `vision_config`: the InternViT encoder.
 
     Structural fields (sizes) have no defaults on purpose; the options default to the reference
@@ -176,7 +134,7 @@ SUPPORTED_LLM_ARCHITECTURES: tuple[str, ...] = (
 
 
 @dataclasses.dataclass(kw_only=True)
-class InternVLUChatConfig(_RoundTripConfig):
+class InternVLUChatConfig(ConfigBase):
     """`vlm/config.json` (`model_type="internvlu_chat"`).
 
     `llm_config` stays the raw dict of the file; `build_llm_config()` turns it into the transformers
