@@ -1,4 +1,4 @@
-"""Generation decoder (MMDiT head): config round-trip, state-dict keys, golden parity with the reference, packing."""
+"""Generation decoder (MMDiT head): config round-trip, state-dict keys, golden parity, packing invariants."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from internvlu.diffusion import (
     InternVLUGenerationDecoder,
     InternVLUGenerationDecoderConfig,
-    InternVLUTransformerConfig,
     apply_rope,
     build_pack_layout,
     build_position_ids_3d,
@@ -68,15 +67,15 @@ class GoldenCase:
     cond_latents: list[list[torch.Tensor]] | None
 
     def inputs(self, step: int) -> dict:
-        return dict(
-            latents=torch.from_numpy(self.g["dit.latent_model_input"][step]),
-            timestep=torch.from_numpy(self.g["dit.timestep"][step]),
-            encoder_hidden_states=self.encoder_hidden_states,
-            encoder_image_token_mask=self.encoder_image_token_mask,
-            image_grid_thw_gen=self.image_grid_thw_gen,
-            image_fhw_cond=self.image_fhw_cond,
-            cond_latents=self.cond_latents,
-        )
+        return {
+            "latents": torch.from_numpy(self.g["dit.latent_model_input"][step]),
+            "timestep": torch.from_numpy(self.g["dit.timestep"][step]),
+            "encoder_hidden_states": self.encoder_hidden_states,
+            "encoder_image_token_mask": self.encoder_image_token_mask,
+            "image_grid_thw_gen": self.image_grid_thw_gen,
+            "image_fhw_cond": self.image_fhw_cond,
+            "cond_latents": self.cond_latents,
+        }
 
 
 def _golden_case(case: str) -> GoldenCase:
@@ -139,11 +138,11 @@ def test_top_level_scale_factors_override_decoder_config() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (dict(axes_dims_rope=(8, 12, 10)), "axes_dims_rope"),
-        (dict(axes_dims_rope=(8, 11, 13)), "axes_dims_rope"),
-        (dict(in_channels=32), "in_channels"),
-        (dict(num_layers=0), "num_layers"),
-        (dict(vlm_cond_position_scale_factor=0.0), "vlm_cond_position_scale_factor"),
+        ({"axes_dims_rope": (8, 12, 10)}, "axes_dims_rope"),
+        ({"axes_dims_rope": (8, 11, 13)}, "axes_dims_rope"),
+        ({"in_channels": 32}, "in_channels"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"vlm_cond_position_scale_factor": 0.0}, "vlm_cond_position_scale_factor"),
     ],
 )
 def test_transformer_config_validation(change: dict, message: str) -> None:
@@ -335,7 +334,8 @@ def test_timestep_is_rounded_to_model_dtype(edit_case: GoldenCase) -> None:
 
 
 def test_positions_full_size_edit_example() -> None:
-    """Spec §5.5: 512^2 output + one 512^2 reference, context `<|im_start|> user \\n <img>` + 256 ViT tokens + text."""
+    """Spec §5.5: 512^2 output + one 512^2 reference; context `<|im_start|> user \\n <img>`, 256 ViT
+    tokens, 3 text tokens."""
     context_mask = torch.tensor([False] * 4 + [True] * 256 + [False] * 3)
     pos = build_position_ids_3d(
         (1, 32, 32), [(1, 32, 32)], context_mask, [(1, 16, 16)], video_scale=1.0, vlm_cond_scale=0.25

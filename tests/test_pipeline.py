@@ -275,3 +275,14 @@ def test_bad_inputs(pipe, tmp_path):
         pipe.chat("what is this?", str(truncated))
     with pytest.raises(ValueError, match="missing.png"):
         pipe.chat("what is this?", str(tmp_path / "missing.png"))
+
+
+def test_model_cpu_offload_gives_the_same_images(pipe):
+    a = _gen(pipe, "a red cube", 11).image
+    twin = InternVLUPipeline.from_pretrained(CKPT)
+    twin.set_progress_bar_config(disable=True)
+    twin.enable_model_cpu_offload(device="cpu")  # the same mechanism that moves parts to a GPU and back
+    b = _gen(twin, "a red cube", 11).image
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    twin.disable_model_cpu_offload()
+    assert twin.device.type == "cpu"

@@ -5,13 +5,11 @@ Every token of a packed sample gets a float (frame, height, width) position:
 - the generated latent grid at frame 0 and each reference latent grid at frames 1, 2, ... (one contiguous
   "image run" at the start of the sample), with centred h/w indices;
 - context tokens walk on from `int(max position so far) + 1`: a text token gets (p, p, p); a run of
-`<IMG_CONTEXT>`
-  tokens gets its ViT grid at frame p with h/w stretched by 1/vlm_cond_position_scale_factor (16x16 -> [-32,
-  31]).
+  `<IMG_CONTEXT>` tokens gets its ViT grid at frame p with h/w stretched by
+  1/vlm_cond_position_scale_factor (16x16 -> [-32, 31]).
 
 Nothing here is stored in a module: rotary angles are computed on the fly from positions, so models built on
-the
-meta device need no buffer re-initialisation.
+the meta device need no buffer re-initialisation.
 """
 
 from __future__ import annotations
@@ -88,14 +86,12 @@ def _true_runs(mask: list[bool]) -> list[tuple[int, int]]:
 
 
 def assign_positions(blocks: Sequence[Tensor], is_image: Tensor) -> Tensor:
-    """Walk a token sequence: maximal runs of `is_image` take the position blocks in order, every other token
-    is
-    text and takes (p, p, p) with p counting up.
+    """Walk a token sequence: maximal runs of `is_image` take the position blocks in order, every other
+    token is text and takes (p, p, p) with p counting up.
 
-    A block placed at the current counter p gets p added to its frame axis, then p = int(max over the block's
-    three
-    coordinates) + 1. A run whose length differs from its block's size falls back to text positions (reference
-    behaviour, e.g. a ViT image whose token count is not f*h*w).
+    A block placed at the current counter p gets p added to its frame axis, then
+    p = int(max over the block's three coordinates) + 1. A run whose length differs from its block's size
+    falls back to text positions (reference behaviour, e.g. a ViT image whose token count is not f*h*w).
 
     Args:
         blocks: per image run, its [n_i, 3] positions with frames starting at 0.
@@ -109,8 +105,8 @@ def assign_positions(blocks: Sequence[Tensor], is_image: Tensor) -> Tensor:
     runs = _true_runs(mask)
     if len(runs) > len(blocks):
         raise ValueError(
-            f"the sequence has {len(runs)} image-token runs but only {len(blocks)} position blocks were given; "
-            f"pass one (f, h, w) grid per image in the context (image_fhw_cond)"
+            f"the sequence has {len(runs)} image-token runs but only {len(blocks)} position blocks were "
+            "given; pass one (f, h, w) grid per image in the context (image_fhw_cond)"
         )
     device = is_image.device
     positions = torch.zeros(seq_len, 3, dtype=torch.float32, device=device)
@@ -128,9 +124,8 @@ def assign_positions(blocks: Sequence[Tensor], is_image: Tensor) -> Tensor:
             positions[start:end] = placed
             cur = int(placed.max().item()) + 1
         else:
-            positions[start:end] = torch.arange(cur, cur + end - start, dtype=torch.float32, device=device)[
-                :, None
-            ]
+            run = torch.arange(cur, cur + end - start, dtype=torch.float32, device=device)
+            positions[start:end] = run[:, None]
             cur += end - start
         prev_end = end
     if prev_end < seq_len:
@@ -168,8 +163,7 @@ def build_position_ids_3d(
         grid_positions(f, h, w, scale=vlm_cond_scale, device=device) for f, h, w in vit_grids
     ]
     # The image tokens form the first run, so they are walked exactly like a ViT run (and a context that
-    # started
-    # with <IMG_CONTEXT> would merge into it, as in the reference).
+    # started with <IMG_CONTEXT> would merge into it, as in the reference).
     is_image = torch.cat(
         [torch.ones(block1.shape[0], dtype=torch.bool, device=device), context_image_mask.to(torch.bool)]
     )
@@ -199,8 +193,7 @@ def rope_cos_sin(position_ids: Tensor, axes_dims: Sequence[int]) -> tuple[Tensor
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) as complex numbers by the angle i (the reference's complex
-    form).
+    """Rotate adjacent pairs (x[2i], x[2i+1]) as complex numbers by angle i (the reference's complex form).
 
     Args:
         x: [N, H, D] queries or keys.

@@ -1,15 +1,15 @@
 """The MMDiT generation head of InternVL-U (`InternVLUTransformer2DModel`, spec §5.3-5.8).
 
-One forward call handles K samples (generation slots, i.e. 3 CFG rows per prompt). Each sample becomes one segment
-of a single packed sequence:
+One forward call handles K samples (generation slots, i.e. 3 CFG rows per prompt). Each sample becomes one
+segment of a single packed sequence:
 
     [generated latent tokens (N_g) | reference latent tokens (sum N_c) | context tokens (T_k)]
 
-Every block is "dual-stream": it holds an image-stream parameter set (`img_*`, `to_q/k/v`, `to_out.0`, `norm_q/k`),
-used by generated and reference tokens, and a context-stream set (`txt_*`, `add_*_proj`, `to_add_out`,
-`norm_added_q/k`), used by context tokens; all tokens of a segment attend to each other (bidirectional), never
-across segments. Modulation is timestep-only adaLN; attention is gated (sigmoid gate from a doubled query
-projection, applied after the output projection) with per-head RMS qk-norm and 3-D RoPE.
+Every block is "dual-stream": it holds an image-stream parameter set (`img_*`, `to_q/k/v`, `to_out.0`,
+`norm_q/k`), used by generated and reference tokens, and a context-stream set (`txt_*`, `add_*_proj`,
+`to_add_out`, `norm_added_q/k`), used by context tokens; all tokens of a segment attend to each other
+(bidirectional), never across segments. Modulation is timestep-only adaLN; attention is gated (sigmoid gate
+from a doubled query projection, applied after the output projection) with per-head RMS qk-norm and 3-D RoPE.
 
 Module names reproduce the official state-dict keys (`decoder.` prefix stripped).
 """
@@ -42,8 +42,8 @@ NORM_EPS = 1e-6
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with diffusers semantics: variance in fp32; with a half-precision weight the normalised value is cast
-    to the weight dtype before the multiply."""
+    """RMSNorm with diffusers semantics: variance in fp32; with a half-precision weight the normalised value
+    is cast to the weight dtype before the multiply."""
 
     def __init__(self, dim: int, eps: float = NORM_EPS) -> None:
         super().__init__()
@@ -59,25 +59,25 @@ class RMSNorm(nn.Module):
 
 
 def layer_norm_fp32(x: Tensor) -> Tensor:
-    """LayerNorm without affine parameters (eps 1e-6), computed in fp32 and cast back (diffusers FP32LayerNorm)."""
+    """Affine-free LayerNorm (eps 1e-6) computed in fp32 and cast back (diffusers `FP32LayerNorm`)."""
     return F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS).to(x.dtype)
 
 
-# Frequencies of the 256-channel timestep sinusoid: exp(-ln(10000) * i / 128), i = 0..127, in fp32. The angle is
-# t * 1000 * f_i with t up to 1000, i.e. up to ~1e6 rad, where one fp32 ulp of f_i moves the angle by up to 0.06 rad.
-# torch.exp is only faithfully rounded and differs by an ulp between torch builds, so we fix the table: correctly
-# rounded values, except i=12 whose exact value lies within 0.01 ulp of a rounding midpoint and which the reference
-# platform (torch 2.6 CPU, where the parity goldens come from) rounds up. Verified against the goldens: this table
-# reproduces the reference velocities to ~5e-6; today's torch.exp misses by ~5e-3.
+# Frequencies of the 256-channel timestep sinusoid: exp(-ln(10000) * i / 128), i = 0..127, in fp32. The
+# angle is t * 1000 * f_i with t up to 1000, i.e. up to ~1e6 rad, where one fp32 ulp of f_i moves the angle
+# by up to 0.06 rad. torch.exp is only faithfully rounded and differs by an ulp between torch builds, so we
+# fix the table: correctly rounded values, except i=12, whose exact value lies within 0.01 ulp of a rounding
+# midpoint and which the reference platform (torch 2.6 CPU, where the parity goldens come from) rounds up.
+# Verified against the goldens: this table reproduces the reference velocities to ~5e-6; the torch.exp of
+# torch 2.13 misses by ~5e-3.
 _SINUSOID_CHANNELS = 256
 _SINUSOID_ROUNDED_UP = {12: 0.4216965138912201}  # 0x3ED7E89B
 
 
 def _sinusoid_frequencies() -> Tensor:
     half = _SINUSOID_CHANNELS // 2
-    exponent = (
-        -math.log(10000) * torch.arange(half, dtype=torch.float32)
-    ) / half  # diffusers' op order, fp32
+    # Same fp32 ops as diffusers' get_timestep_embedding.
+    exponent = (-math.log(10000) * torch.arange(half, dtype=torch.float32)) / half
     freqs = torch.exp(exponent.double()).float()  # correctly rounded
     for i, value in _SINUSOID_ROUNDED_UP.items():
         freqs[i] = value
@@ -88,8 +88,8 @@ _SINUSOID_FREQS = _sinusoid_frequencies()  # CPU constant, moved to the timestep
 
 
 def timestep_sinusoid(timestep: Tensor, scale: float = 1000.0) -> Tensor:
-    """diffusers `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0, scale=1000)`: [K] -> [K, 256] fp32,
-    [cos | sin] of (t * f_i) * scale."""
+    """diffusers `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0, scale=1000)`:
+    [K] -> [K, 256] fp32, [cos | sin] of (t * f_i) * scale."""
     freqs = _SINUSOID_FREQS.to(timestep.device)
     angles = scale * (timestep[:, None].float() * freqs[None, :])  # [K, 128]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
@@ -132,7 +132,7 @@ class GELUProjection(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """D -> 4D -> D MLP with the diffusers `FeedForward` layout (`net.0.proj`, `net.2`; net.1 is a no-op dropout)."""
+    """D -> 4D -> D MLP in the diffusers `FeedForward` layout (`net.0.proj`, `net.2`; net.1 is a dropout)."""
 
     def __init__(self, dim: int, mult: int = 4) -> None:
         super().__init__()
@@ -193,11 +193,12 @@ def build_pack_layout(
             f"token counts must have one entry per sample, got {len(num_gen_tokens)}, {len(num_ref_tokens)}, "
             f"{len(num_context_tokens)}"
         )
-    seqlens = [g + r + t for g, r, t in zip(num_gen_tokens, num_ref_tokens, num_context_tokens)]
-    kinds = []  # 0 generated, 1 reference, 2 context
-    for g, r, t in zip(num_gen_tokens, num_ref_tokens, num_context_tokens):
-        kinds.append(torch.tensor([0] * g + [1] * r + [2] * t, dtype=torch.int64))
-    kind = torch.cat(kinds).to(device) if kinds else torch.zeros(0, dtype=torch.int64, device=device)
+    counts = list(zip(num_gen_tokens, num_ref_tokens, num_context_tokens))
+    seqlens = [sum(c) for c in counts]
+    # Token kind, sample after sample: 0 generated, 1 reference, 2 context.
+    kind = torch.repeat_interleave(
+        torch.arange(3).repeat(len(counts)), torch.tensor(counts, dtype=torch.int64).reshape(-1)
+    ).to(device)
     cu = torch.zeros(len(seqlens) + 1, dtype=torch.int64)
     cu[1:] = torch.cumsum(torch.tensor(seqlens, dtype=torch.int64), dim=0)
     return PackLayout(
@@ -232,8 +233,8 @@ class PackedInputs:
 def varlen_attention(q: Tensor, k: Tensor, v: Tensor, seqlens: Sequence[int], cu_seqlens: Tensor) -> Tensor:
     """Bidirectional attention within each segment of a packed sequence; [N, H, d] -> [N, H, d].
 
-    flash-attn's varlen kernel when installed and the tensors are half precision on CUDA; otherwise PyTorch SDPA
-    per segment in the tensors' own dtype (the reference forces bf16 only inside its flash path)."""
+    flash-attn's varlen kernel when installed and the tensors are half precision on CUDA; otherwise PyTorch
+    SDPA per segment in the tensors' own dtype (the reference forces bf16 only inside its flash path)."""
     if _flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
         max_len = max(seqlens)
@@ -282,9 +283,9 @@ class _BlockContext:
 class GatedJointAttention(nn.Module):
     """Joint attention over the packed sequence with per-stream projections.
 
-    The query projections are 2x wide: per head h, rows [2hd, 2hd + d) are the query and [2hd + d, 2(h+1)d) the
-    gate. q/k get RMSNorm over the head dim, then RoPE; the output goes through the stream's output projection and is
-    then multiplied by sigmoid(gate) (the gate acts after the output projection)."""
+    The query projections are 2x wide: per head h, rows [2hd, 2hd + d) are the query and [2hd + d, 2(h+1)d)
+    the gate. q/k get RMSNorm over the head dim, then RoPE; the output goes through the stream's output
+    projection and is then multiplied by sigmoid(gate) (the gate acts after the output projection)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -340,7 +341,8 @@ class GatedJointAttention(nn.Module):
 
 
 class InternVLUTransformerBlock(nn.Module):
-    """Dual-stream MMDiT block over the packed sequence (timestep-only adaLN, gated joint attention, GELU FFN)."""
+    """Dual-stream MMDiT block over the packed sequence: timestep-only adaLN, gated joint attention, GELU
+    FFN."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -365,7 +367,8 @@ class InternVLUTransformerBlock(nn.Module):
 
 
 class AdaLayerNormContinuous(nn.Module):
-    """Output norm: Linear(SiLU(temb)) -> (scale, shift) (scale first), applied in fp32 to an affine-free LayerNorm."""
+    """Output norm: Linear(SiLU(temb)) -> (scale, shift) (scale first), applied in fp32 to an affine-free
+    LayerNorm."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -410,8 +413,9 @@ class InternVLUTransformer2DModel(nn.Module):
         return cls(config)
 
     def init_non_persistent_buffers(self) -> None:
-        """Nothing to do: rotary tables are computed from positions in every call and the timestep frequencies are a
-        module-level constant, so a model built on the meta device is complete after `load_state_dict(..., assign=True)`."""
+        """Nothing to do: rotary tables are computed from positions in every call and the timestep
+        frequencies are a module-level constant, so a model built on the meta device is complete after
+        `load_state_dict(..., assign=True)`."""
 
     def initialize_weights(self) -> None:
         """Training init of the reference: Xavier-uniform Linear weights, zero biases, unit norm weights."""
@@ -472,7 +476,8 @@ class InternVLUTransformer2DModel(nn.Module):
         for k, (hid, mask) in enumerate(zip(context, context_image_mask)):
             if hid.ndim != 2 or hid.shape[1] != cfg.joint_attention_dim:
                 raise ValueError(
-                    f"encoder_hidden_states[{k}] must be [T, {cfg.joint_attention_dim}], got {tuple(hid.shape)}"
+                    f"encoder_hidden_states[{k}] must be [T, {cfg.joint_attention_dim}], "
+                    f"got {tuple(hid.shape)}"
                 )
             if mask.shape != (hid.shape[0],):
                 raise ValueError(
@@ -491,19 +496,19 @@ class InternVLUTransformer2DModel(nn.Module):
                         or ref.shape[2] % p
                     ):
                         raise ValueError(
-                            f"cond_latents[{k}][{j}] must be [{cfg.latent_channels}, h, w] with h, w multiples of "
-                            f"{p}, got {tuple(ref.shape)}"
+                            f"cond_latents[{k}][{j}] must be [{cfg.latent_channels}, h, w] with h, w "
+                            f"multiples of {p}, got {tuple(ref.shape)}"
                         )
             num_refs = max(len(refs) for refs in cond_latents) if cond_latents else 0
             if num_refs > 0:
-                # Reference frames 1..n must stay inside the position range of the generated grid (§5.4 assertion,
-                # with the smallest generated grid of the batch).
+                # Reference frames 1..n must stay inside the position range of the generated grid (§5.4
+                # assertion, with the smallest generated grid of the batch).
                 min_side = int(min(min(h, w) for _, h, w in image_grid_thw_gen.tolist())) // p
                 limit = int(min_side // 2 / cfg.video_position_scale_factor)
                 if num_refs >= limit:
                     raise ValueError(
-                        f"{num_refs} reference image(s) per sample is too many for a generated grid of {min_side} "
-                        f"tokens per side: the number of references must be < {limit}"
+                        f"{num_refs} reference image(s) per sample is too many for a generated grid of "
+                        f"{min_side} tokens per side: the number of references must be < {limit}"
                     )
 
     def pack(
@@ -515,8 +520,9 @@ class InternVLUTransformer2DModel(nn.Module):
         image_fhw_cond: Sequence[Tensor],
         cond_latents: Sequence[Sequence[Tensor]] | None = None,
     ) -> PackedInputs:
-        """Build the packed sequence [gen | refs | context] per sample, embedded with `img_in` / `txt_norm`+`txt_in`,
-        with its layout, 3-D positions and rotary tables (inputs already validated and in the model dtype)."""
+        """Build the packed sequence [gen | refs | context] per sample, embedded with `img_in` /
+        `txt_norm`+`txt_in`, with its layout, 3-D positions and rotary tables (inputs already validated and in
+        the model dtype)."""
         cfg = self.config
         p = cfg.patch_size
         device = latents.device
@@ -577,13 +583,16 @@ class InternVLUTransformer2DModel(nn.Module):
         """Predict the flow velocity of K noisy latents.
 
         Args:
-            latents: [K, C, H_l, W_l] noisy latents; sample k uses its top-left `image_grid_thw_gen[k]` region.
-            timestep: [K] scheduler timesteps on the 0..1000 scale (rounded to the model dtype, as the reference).
+            latents: [K, C, H_l, W_l] noisy latents; sample k uses its top-left `image_grid_thw_gen[k]`
+                region.
+            timestep: [K] scheduler timesteps on the 0..1000 scale (rounded to the model dtype, as the
+                reference does).
             encoder_hidden_states: K tensors [T_k, joint_attention_dim] (projected VLM conditioning).
             encoder_image_token_mask: K bool [T_k], True at `<IMG_CONTEXT>` tokens.
             image_grid_thw_gen: [K, 3] (1, H_g, W_g) latent-pixel size of each generated image.
             image_fhw_cond: K long [m_k, 3] ViT token grids of the images in each context (empty if none).
-            cond_latents: per sample, a list of normalised reference latents [C, h, w] (cropped to their grid).
+            cond_latents: per sample, a list of normalised reference latents [C, h, w] (cropped to their
+                grid).
 
         Returns:
             [K, C, H_l, W_l] velocity in the model dtype, zero outside each sample's grid.
@@ -604,7 +613,8 @@ class InternVLUTransformer2DModel(nn.Module):
         if cond_latents is not None:
             cond_latents = [[r.to(dtype) for r in refs] for refs in cond_latents]
         p = self.config.patch_size
-        # The reference rounds the integer timestep to the model dtype before the sinusoid (bf16: 999 -> 1000).
+        # The reference rounds the integer timestep to the model dtype before the sinusoid (bf16: 999 ->
+        # 1000).
         temb = self.time_text_embed(timestep.to(dtype), dtype)  # [K, D]
         packed = self.pack(
             latents,

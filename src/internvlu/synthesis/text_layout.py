@@ -260,7 +260,7 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, max_width: float) -> list
             candidate = line + token
             if line and font.getlength(candidate.rstrip()) > max_width:
                 lines.append(line.rstrip())
-                line = token.lstrip() if is_cjk_char(token[0]) else token
+                line = token.lstrip()
             else:
                 line = candidate
             if font.getlength(line.rstrip()) > max_width:

@@ -4,7 +4,7 @@ One flat-coloured shape on a plain background, in all four record kinds. Records
 index, so every process and every run sees the same data. Source strings:
     "toy"            16 records per task, 64x64 images
     "toy:N"          N records per task
-    "toy-anyres:N"   N records per task, images alternating 64x64, 96x64 and 64x96 (for aspect-ratio buckets)
+    "toy-anyres:N"   N records per task, images alternating 96x96, 128x80 and 80x128 (for aspect-ratio buckets)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 SHAPES = ("circle", "square", "triangle")
 # "think" prompts name a thing instead of the colour; the thought resolves it.
 THINGS = {"red": "a ripe tomato", "green": "fresh grass", "blue": "a clear sky", "yellow": "a banana"}
-ANYRES_SIZES = ((64, 64), (64, 96), (96, 64))  # (height, width)
+ANYRES_SIZES = ((96, 96), (80, 128), (128, 80))  # (height, width)
 DEFAULT_COUNT = 16
 
 
