@@ -28,6 +28,8 @@ class InternVLUTransformerConfig(ConfigBase):
 
     Released: 20 layers, 12 heads x 128, joint dim 4096."""
 
+    OMIT_ABSENT_DEFAULTS = True
+
     patch_size: int = 2
     in_channels: int = 64  # = patch_size**2 * latent channels (2x2 patches of 16-channel latents)
     out_channels: int | None = 16  # latent channels; None means in_channels (diffusers convention)
@@ -103,6 +105,8 @@ class InternVLUGenerationDecoderConfig(ConfigBase):
 
     HF bookkeeping keys (`architectures`, `torch_dtype`, `transformers_version`, `is_composition`) are kept
     in `extra` and written back unchanged."""
+
+    OMIT_ABSENT_DEFAULTS = True
 
     model_type: str = MODEL_TYPE
     decoder_config: InternVLUTransformerConfig = dataclasses.field(default_factory=InternVLUTransformerConfig)

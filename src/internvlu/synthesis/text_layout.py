@@ -251,6 +251,14 @@ def _tokens(paragraph: str) -> list[str]:
     return tokens
 
 
+def line_width(font: ImageFont.FreeTypeFont, line: str) -> float:
+    """Horizontal extent of a line: its ink box or its advance, whichever is wider."""
+    if not line:
+        return 0.0
+    x0, _, x1, _ = font.getbbox(line, anchor="la")
+    return max(float(x1 - x0), font.getlength(line))
+
+
 def wrap_text(text: str, font: ImageFont.FreeTypeFont, max_width: float) -> list[str] | None:
     """Greedy wrap into lines no wider than `max_width`; None when one unbreakable token is too wide."""
     lines: list[str] = []
@@ -258,12 +266,12 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont, max_width: float) -> list
         line = ""
         for token in _tokens(paragraph):
             candidate = line + token
-            if line and font.getlength(candidate.rstrip()) > max_width:
+            if line and line_width(font, candidate.rstrip()) > max_width:
                 lines.append(line.rstrip())
                 line = token.lstrip()
             else:
                 line = candidate
-            if font.getlength(line.rstrip()) > max_width:
+            if line_width(font, line.rstrip()) > max_width:
                 return None
         lines.append(line.rstrip())
     return lines
@@ -335,13 +343,13 @@ def _place(
     origins: list[tuple[int, int]] = []
     ink = [x1, y1, x0, y0]
     for k, line in enumerate(lines):
-        width = face.getlength(line)
-        left = {"left": x0, "center": round((x0 + x1 - width) / 2), "right": round(x1 - width)}[align]
+        # Align the ink, not the advance width: italics and glyphs like "Y" overhang their advance.
+        bx0, by0, bx1, by1 = face.getbbox(line, anchor="la") if line else (0, 0, 0, 0)
+        left = {"left": x0 - bx0, "center": round((x0 + x1 - bx0 - bx1) / 2), "right": x1 - bx1}[align]
         origin = (int(left), int(top + k * step))
         origins.append(origin)
         if not line:
             continue
-        bx0, by0, bx1, by1 = face.getbbox(line, anchor="la")
         lx0, ly0, lx1, ly1 = origin[0] + bx0, origin[1] + by0, origin[0] + bx1, origin[1] + by1
         if lx0 < x0 or ly0 < y0 or lx1 > x1 or ly1 > y1:
             return None

@@ -218,6 +218,17 @@ def relative_luminance(rgb: np.ndarray | tuple[float, float, float]) -> float:
     return float(0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2])
 
 
+def _luminance(pixels: np.ndarray) -> np.ndarray:
+    """(N,) WCAG relative luminance of (N, 3) sRGB pixels."""
+    c = pixels.astype(np.float64) / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return lin @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def _contrast(la: float, lb: float) -> float:
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
 def contrast_ratio(a: np.ndarray | tuple[float, float, float], b: np.ndarray | tuple[float, float, float]) -> float:
     la, lb = relative_luminance(a), relative_luminance(b)
     return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
@@ -522,7 +533,8 @@ class TextGenerator(Generator):
         x0, y0, x1, y1 = canvas.region
         patch = np.asarray(canvas.image.crop(canvas.region), dtype=np.float32)
         mean = patch.reshape(-1, 3).mean(0)
-        busy = float(patch.mean(-1).std()) > 40  # a textured photo region: put the text on a plate
+        # A photo region whose brightness varies (std of WCAG luminance > 0.06) gets a plate for legibility.
+        busy = float(_luminance(patch.reshape(-1, 3)).std()) > 0.06
         if canvas.info["kind"] == "photo" and (busy or rng.random() < self.cfg.plate_prob):
             plate = "white" if relative_luminance(mean) < 0.5 else "black"
             rgb = np.asarray(BG_COLORS[plate][0], np.float32)
@@ -530,7 +542,18 @@ class TextGenerator(Generator):
             ImageDraw.Draw(canvas.image).rounded_rectangle((x0, y0, x1 - 1, y1 - 1), radius, fill=tuple(int(v) for v in rgb))
             canvas.info["plate"] = plate
             mean = rgb
-        good = [name for name, (rgb, _) in TEXT_COLORS.items() if contrast_ratio(rgb, mean) >= 4.5]
+        # Legible everywhere in the region: 4.5:1 against its mean colour (WCAG AA) and 3:1 against its
+        # darkest and lightest 5% (gradients, wood grain).
+        lum = _luminance(patch.reshape(-1, 3))
+        extremes = (float(np.percentile(lum, 5)), float(np.percentile(lum, 95)))
+        if "plate" in canvas.info:
+            extremes = (relative_luminance(mean),) * 2
+        good = [
+            name
+            for name, (rgb, _) in TEXT_COLORS.items()
+            if contrast_ratio(rgb, mean) >= 4.5
+            and min(_contrast(relative_luminance(rgb), e) for e in extremes) >= 3.0
+        ]
         if not good:
             raise RejectSample("no_contrasting_color")
         return _Style(font, pick(rng, good), pick(rng, ALIGNS), pick(rng, VALIGNS), language)
@@ -546,6 +569,7 @@ class TextGenerator(Generator):
             padding=padding,
             align=style.align,
             valign=style.valign,
+            line_spacing=1.0 if style.font.is_cjk else 1.15,  # CJK fonts' ascent + descent already leave room
         )
         if layout is None:
             raise RejectSample("text_does_not_fit")
@@ -661,7 +685,7 @@ class TextGenerator(Generator):
                 prompt = pick(rng, (f"Remove the text {self._quoted(text)} from the image.", "Erase all the text in the image."))
                 before, after, layouts, texts = texted, plain, (layout, None), (text, "")
         else:
-            new_text, prompt = self._replacement(rng, op, style.language, text, canvas)
+            new_text, prompt, op = self._replacement(rng, op, style.language, text)
             other = self._layout(new_text, style, canvas.region)
             size = min(layout.font_size, other.font_size)  # one size for both: a real text edit keeps the size
             layouts = (self._layout(text, style, canvas.region, size), self._layout(new_text, style, canvas.region, size))
@@ -681,7 +705,8 @@ class TextGenerator(Generator):
             target=ImageRef.from_image("target", after), meta=meta,
         )
 
-    def _replacement(self, rng: np.random.Generator, op: str, language: str, text: str, canvas: _Canvas) -> tuple[str, str]:
+    def _replacement(self, rng: np.random.Generator, op: str, language: str, text: str) -> tuple[str, str, str]:
+        """(new text, prompt, op actually done): replace_word needs a Latin text with a unique word."""
         words = text.split()
         counts = {w: words.count(w) for w in words}
         unique = [w for w in words if counts[w] == 1 and any(ch.isalpha() for ch in w)]
@@ -691,14 +716,14 @@ class TextGenerator(Generator):
             new = pick(rng, pool)
             new = new.upper() if old.isupper() else (new[:1].upper() + new[1:] if old[:1].isupper() else new)
             new_text = " ".join(new if w == old else w for w in words)
-            return new_text, f"Change the word {self._quoted(old)} to {self._quoted(new)}."
+            return new_text, f"Change the word {self._quoted(old)} to {self._quoted(new)}.", "replace_word"
         for _ in range(10):
             new_text = self._text(rng, language)
             if new_text != text:
                 break
         else:
             raise RejectSample("no_replacement_text")
-        return new_text, f"Replace the text {self._quoted(text)} with {self._quoted(new_text)}."
+        return new_text, f"Replace the text {self._quoted(text)} with {self._quoted(new_text)}.", "replace_text"
 
     def _understanding(self, rng: np.random.Generator, sid: str) -> Sample:
         canvas, style, layout = self._poster(rng, allow_photo=True)

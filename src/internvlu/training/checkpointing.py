@@ -111,7 +111,9 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], env: DistEn
 def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    # strict=False: a trainable parameter that never received a gradient (e.g. the head's encoder_padding_token,
+    # unused by the packed forward) has no AdamW state to restore; it keeps none, exactly as before the save.
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 class CheckpointManager:

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import json
 import os
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="ConfigBase")
 
@@ -21,6 +21,11 @@ class ConfigBase:
     """Base class for typed configs. Subclasses are dataclasses; unknown keys go to `extra`."""
 
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    # Checkpoint configs set this: fields a loaded file did not name are not written back while they
+    # keep their default, so `from_dict(d).to_dict() == d` holds for files that omit optional keys.
+    # Run configs (synthesis, training) leave it off, so their saved form is the full resolved config.
+    OMIT_ABSENT_DEFAULTS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -48,15 +53,13 @@ class ConfigBase:
             obj = cls(**cls._convert_nested(known), extra=extra)
         except TypeError as exc:  # a required field is missing
             raise ValueError(f"{cls.__name__}: {exc}") from exc
-        # Fields the file did not name are not written back while they keep their default, so
-        # `from_dict(d).to_dict() == d` holds for files that omit optional keys. (Not a dataclass
-        # field: stays out of repr/eq.)
+        # Remembered for OMIT_ABSENT_DEFAULTS (not a dataclass field: stays out of repr/eq).
         object.__setattr__(obj, "_absent_fields", frozenset(names - data.keys()))
         return obj
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = copy.deepcopy(self.extra)
-        absent: frozenset[str] = getattr(self, "_absent_fields", frozenset())
+        absent: frozenset[str] = getattr(self, "_absent_fields", frozenset()) if self.OMIT_ABSENT_DEFAULTS else frozenset()
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue

@@ -35,6 +35,8 @@ class InternVisionConfig(ConfigBase):
     `InternVisionConfig` values. `model_type "intern_vit_6b"` is a historical name kept as is.
     """
 
+    OMIT_ABSENT_DEFAULTS = True
+
     # Structure.
     patch_size: int
     image_size: int
@@ -141,6 +143,8 @@ class InternVLUChatConfig(ConfigBase):
     config of the class named by `llm_config["architectures"][0]`. Fields marked "stored" are kept for
     round-tripping and training code; inference ignores them (spec §1.2).
     """
+
+    OMIT_ABSENT_DEFAULTS = True
 
     vision_config: InternVisionConfig
     llm_config: dict[str, Any]
