@@ -112,7 +112,9 @@ def test_batch_equals_singles_generation(pipe):
     gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
     batch = pipe.generate(prompts, height=64, width=64, num_inference_steps=3, generator=gens).images
     singles = [
-        pipe.generate(p, height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(s)).image
+        pipe.generate(
+            p, height=64, width=64, num_inference_steps=3, generator=torch.Generator().manual_seed(s)
+        ).image
         for p, s in zip(prompts, (1, 2))
     ]
     for b, s in zip(batch, singles):
@@ -129,11 +131,15 @@ def test_batch_equals_singles_chat(pipe):
 
 def test_num_images_per_prompt(pipe):
     # The reference crashes for n > 1.
-    res = pipe.generate(["a cat", "a dog"], height=64, width=48, num_inference_steps=2, seed=3, num_images_per_prompt=2)
+    res = pipe.generate(
+        ["a cat", "a dog"], height=64, width=48, num_inference_steps=2, seed=3, num_images_per_prompt=2
+    )
     assert len(res.images) == 4 and all(im.size == (48, 64) for im in res.images)
     arr = [np.asarray(im) for im in res.images]
     assert not np.array_equal(arr[0], arr[1])  # different noise per copy
-    out = pipe("a cat", generation_mode="image", height=64, width=64, num_inference_steps=2, num_images_per_prompt=3)
+    out = pipe(
+        "a cat", generation_mode="image", height=64, width=64, num_inference_steps=2, num_images_per_prompt=3
+    )
     assert len(out.images) == 3
 
 
@@ -173,7 +179,9 @@ def test_non_multiple_of_16_size_is_resized(pipe):
 
 def test_stream_chat_matches_chat(pipe):
     pieces = list(pipe.stream_chat("Hello world! How are you today?", max_new_tokens=8))
-    assert "".join(pieces).strip() == pipe.chat("Hello world! How are you today?", max_new_tokens=8).text.strip()
+    assert (
+        "".join(pieces).strip() == pipe.chat("Hello world! How are you today?", max_new_tokens=8).text.strip()
+    )
 
 
 def test_progress_bar_can_be_turned_off(pipe, capsys):
@@ -191,7 +199,10 @@ def test_save_load_round_trip_is_exact(pipe, tmp_path):
         sa, sb = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
-    assert json.loads((tmp_path / "a" / "model_index.json").read_text())["vlm"] == ["internvlu.vlm", "InternVLUChatModel"]
+    assert json.loads((tmp_path / "a" / "model_index.json").read_text())["vlm"] == [
+        "internvlu.vlm",
+        "InternVLUChatModel",
+    ]
     for sub in ("vlm", "generation_decoder"):
         assert json.loads((tmp_path / "a" / sub / "config.json").read_text()) == json.loads(
             (CKPT / sub / "config.json").read_text()
@@ -205,7 +216,9 @@ def test_save_load_round_trip_is_exact(pipe, tmp_path):
 def test_sharded_fp32_checkpoint_loads(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "s", max_shard_size="200KB")
     shards = sorted(p.name for p in (tmp_path / "s" / "generation_decoder").glob("model-*.safetensors"))
-    assert len(shards) > 1 and (tmp_path / "s" / "generation_decoder" / "model.safetensors.index.json").is_file()
+    assert (
+        len(shards) > 1 and (tmp_path / "s" / "generation_decoder" / "model.safetensors.index.json").is_file()
+    )
     again = InternVLUPipeline.from_pretrained(tmp_path / "s")
     sa, sb = pipe.generation_decoder.state_dict(), again.generation_decoder.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -240,7 +253,11 @@ def test_wrong_weights_are_listed(tmp_path):
     with pytest.raises(CheckpointError) as info:
         InternVLUPipeline.from_pretrained(tmp_path / "ck")
     message = str(info.value)
-    assert "encoder_padding_token" in message and "surprise.weight" in message and "decoder.img_in.weight" in message
+    assert (
+        "encoder_padding_token" in message
+        and "surprise.weight" in message
+        and "decoder.img_in.weight" in message
+    )
 
 
 def test_not_a_folder_is_an_error(tmp_path):

@@ -63,5 +63,7 @@ def test_cli_examples_run(workdir, line):
     argv = shlex.split(_adapt(line))[1:]
     if argv[0] in ("generate", "edit"):
         argv += ["--steps", "2", "--no-progress"]
-    proc = subprocess.run([sys.executable, "-m", "internvlu", *argv], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "internvlu", *argv], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

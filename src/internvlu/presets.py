@@ -102,13 +102,17 @@ def released() -> ModelPreset:
         select_layer=-1,
         ps_version="v2",
     )
-    return ModelPreset(vlm=vlm, generation_decoder=released_generation_decoder_config(), vae=dict(RELEASED_VAE_CONFIG))
+    return ModelPreset(
+        vlm=vlm, generation_decoder=released_generation_decoder_config(), vae=dict(RELEASED_VAE_CONFIG)
+    )
 
 
 def mid() -> ModelPreset:
     """A ~0.5B model of the same architecture (for benchmarks between tiny and full size)."""
     preset = released()
-    vit = dict(INTERN_VIT_300M, hidden_size=512, num_attention_heads=8, intermediate_size=2048, num_hidden_layers=12)
+    vit = dict(
+        INTERN_VIT_300M, hidden_size=512, num_attention_heads=8, intermediate_size=2048, num_hidden_layers=12
+    )
     llm = dict(QWEN3_1_7B, hidden_size=1024, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=8,
                num_key_value_heads=4, tie_word_embeddings=True)  # fmt: skip
     preset.vlm = InternVLUChatConfig(

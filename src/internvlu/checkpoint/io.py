@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import torch
 from safetensors import safe_open
@@ -28,10 +28,6 @@ DIFFUSERS_INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
 
 class CheckpointError(ValueError):
     """A checkpoint folder or its weights do not match the model."""
-
-
-class _Loadable(Protocol):
-    def init_non_persistent_buffers(self) -> None: ...
 
 
 M = TypeVar("M", bound=torch.nn.Module)

@@ -53,7 +53,9 @@ def read_model_index(folder: Path) -> dict[str, Any]:
 def resolve_class(component: str, entry: Any) -> type:
     """Map a model_index entry [library, class_name] to a class (ours for `internvlu.*`)."""
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
-        raise CheckpointError(f"model_index.json entry for {component!r} must be [library, class], got {entry!r}")
+        raise CheckpointError(
+            f"model_index.json entry for {component!r} must be [library, class], got {entry!r}"
+        )
     library, class_name = entry
     if library.split(".")[0] not in ALLOWED_LIBRARIES:
         raise CheckpointError(
@@ -64,7 +66,9 @@ def resolve_class(component: str, entry: Any) -> type:
         module = importlib.import_module(library)
         return getattr(module, class_name)
     except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"cannot resolve {library}.{class_name} for component {component!r}: {exc}") from exc
+        raise CheckpointError(
+            f"cannot resolve {library}.{class_name} for component {component!r}: {exc}"
+        ) from exc
 
 
 def load_torch_component(
@@ -77,7 +81,7 @@ def load_torch_component(
     config = cls.config_class.from_json_file(config_path)
     with torch.device("meta"):
         model = cls(config, **build_kwargs)
-    tied = getattr(model, "tied_weights", lambda: {})()
+    tied = getattr(model, "tied_weights", dict)()
     load_weights_into(model, folder, device=device, dtype=dtype, tied=tied)
     return model.eval()
 
@@ -85,7 +89,7 @@ def load_torch_component(
 def save_torch_component(model: torch.nn.Module, folder: Path, max_shard_bytes: int | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(folder / "config.json")
-    tied = getattr(model, "tied_weights", lambda: {})()
+    tied = getattr(model, "tied_weights", dict)()
     save_weights(model, folder, max_shard_bytes=max_shard_bytes, skip=tied.keys())
 
 

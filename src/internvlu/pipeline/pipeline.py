@@ -144,7 +144,9 @@ class InternVLUPipeline:
         vlm = load_torch_component(
             classes["vlm"], folder / "vlm", device, dtype, attn_implementation=attn_implementation
         )
-        decoder = load_torch_component(classes["generation_decoder"], folder / "generation_decoder", device, dtype)
+        decoder = load_torch_component(
+            classes["generation_decoder"], folder / "generation_decoder", device, dtype
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             vae = classes["vae"].from_pretrained(str(folder / "vae"), torch_dtype=dtype).to(device).eval()
@@ -182,7 +184,9 @@ class InternVLUPipeline:
     def dtype(self) -> torch.dtype:
         return next(self.vlm.parameters()).dtype
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> InternVLUPipeline:
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> InternVLUPipeline:
         """Move (and optionally cast) every model component; returns self."""
         for module in (self.vlm, self.generation_decoder, self.vae):
             module.to(device=device, dtype=dtype)
@@ -192,7 +196,9 @@ class InternVLUPipeline:
                 module.init_non_persistent_buffers()
         return self
 
-    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+    def enable_model_cpu_offload(
+        self, gpu_id: int | None = None, device: str | torch.device = "cuda"
+    ) -> None:
         """Keep components on the CPU and move each to `device` only while it runs.
 
         Peak accelerator memory becomes the largest component (the VLM or the MMDiT head) instead
@@ -252,7 +258,9 @@ class InternVLUPipeline:
             raise TypeError(f"unknown keyword arguments for InternVLUPipeline.__call__: {sorted(kwargs)}")
         for flag in ("return_dict_in_generate", "output_hidden_states"):
             if text_kw.pop(flag, False):
-                raise ValueError(f"{flag}=True is not supported; use pipe.vlm.generate for raw generation outputs")
+                raise ValueError(
+                    f"{flag}=True is not supported; use pipe.vlm.generate for raw generation outputs"
+                )
         if generation_mode == "text":
             ids, _ = self._answer(prompt, image, system_prompt, text_kw)
             return InternVLUPipelineOutput(generate_output=ids)
@@ -297,11 +305,17 @@ class InternVLUPipeline:
                 uint8 arrays or tensors.
             seed: makes sampling (do_sample=True) reproducible.
         """
-        text_kw = _sampling_kwargs(max_new_tokens, do_sample, temperature, top_p, top_k, num_beams, repetition_penalty)
+        text_kw = _sampling_kwargs(
+            max_new_tokens, do_sample, temperature, top_p, top_k, num_beams, repetition_penalty
+        )
         if seed is not None:
             torch.manual_seed(_check_seed(seed))
-        ids, texts = self._answer(prompt, _images_for(prompt, images), system_prompt, text_kw, streamer=streamer)
-        return ChatResult(texts=texts, token_ids=[_strip_after_stop(row, self._stop_ids()) for row in ids.tolist()])
+        ids, texts = self._answer(
+            prompt, _images_for(prompt, images), system_prompt, text_kw, streamer=streamer
+        )
+        return ChatResult(
+            texts=texts, token_ids=[_strip_after_stop(row, self._stop_ids()) for row in ids.tolist()]
+        )
 
     understand = chat
 
@@ -398,7 +412,9 @@ class InternVLUPipeline:
             raise ValueError("edit needs at least one input image (images=None)")
         if kwargs.get("height") is None and kwargs.get("width") is None:
             first = load_image(_first_image(images), self.processor.max_image_pixels)
-            kwargs["height"], kwargs["width"] = self.processor.generation_processor.target_size(first.height, first.width)
+            kwargs["height"], kwargs["width"] = self.processor.generation_processor.target_size(
+                first.height, first.width
+            )
         return self.generate(prompt, images=images, **kwargs)
 
     # ------------------------------------------------------------------ internals
@@ -430,7 +446,9 @@ class InternVLUPipeline:
         text_kw.setdefault("max_new_tokens", DEFAULT_TEXT_TOKENS)
         with self._lock:
             proc = self.processor(prompt, image=image, generation_mode="text", system_prompt=system_prompt)
-            ids = self._text_generate(proc.input_ids, proc.attention_mask, proc.pixel_values, text_kw, streamer)
+            ids = self._text_generate(
+                proc.input_ids, proc.attention_mask, proc.pixel_values, text_kw, streamer
+            )
         stops = self._stop_ids()
         texts = [
             self.processor.tokenizer.decode(_strip_after_stop(row, stops), skip_special_tokens=True)
@@ -466,7 +484,12 @@ class InternVLUPipeline:
         mode = "text_image" if think else "image"
         with self._lock:
             proc = self.processor(
-                prompt, image=image, generation_mode=mode, height=height, width=width, system_prompt=system_prompt
+                prompt,
+                image=image,
+                generation_mode=mode,
+                height=height,
+                width=width,
+                system_prompt=system_prompt,
             )
             B = proc.num_prompts
             input_ids, attention_mask = proc.input_ids, proc.attention_mask
@@ -479,13 +502,19 @@ class InternVLUPipeline:
                 # <IMG_CONTEXT> is a placeholder for ViT features, never text: a thought containing it
                 # could not be re-embedded, so it is suppressed while thinking.
                 cot_ids = self._text_generate(
-                    input_ids[:B], attention_mask[:B], pv, text_kw, suppress=[self.token_ids[IMG_CONTEXT_TOKEN]]
+                    input_ids[:B],
+                    attention_mask[:B],
+                    pv,
+                    text_kw,
+                    suppress=[self.token_ids[IMG_CONTEXT_TOKEN]],
                 ).cpu()
                 input_ids, attention_mask, kept = stages.splice_thoughts(
                     input_ids, attention_mask, cot_ids, B, self._stop_ids(),
                     self.token_ids[IMG_START_TOKEN], self._pad_id(),
                 )  # fmt: skip
-                thoughts = [_clean_thought(self.processor.tokenizer.decode(k, skip_special_tokens=True)) for k in kept]
+                thoughts = [
+                    _clean_thought(self.processor.tokenizer.decode(k, skip_special_tokens=True)) for k in kept
+                ]
             latents = self._sample_latents(
                 proc, input_ids, attention_mask, num_inference_steps, num_images_per_prompt,
                 all_cfg, part_cfg, generator, timestep_shift, progress,
@@ -542,7 +571,9 @@ class InternVLUPipeline:
         R = 3 * B
         device = self.device
         states, image_masks = self._condition(input_ids, attention_mask, proc.pixel_values)
-        gen_grids, ref_grids = stages.split_grids(proc.image_grid_thw_gen, proc.generation_flags, proc.images_per_row)
+        gen_grids, ref_grids = stages.split_grids(
+            proc.image_grid_thw_gen, proc.generation_flags, proc.images_per_row
+        )
 
         # Reference latents: the conditional and text-dropped rows hold the same images, in the same
         # order, so only the conditional half is encoded (the padded batch is the reference's).
@@ -550,7 +581,9 @@ class InternVLUPipeline:
         if proc.pixel_values_gen is not None:
             n_cond = sum(proc.images_per_row[:B])
             if proc.pixel_values_gen.shape[0] != 2 * n_cond:
-                raise AssertionError(f"{proc.pixel_values_gen.shape[0]} reference images for {n_cond} per half")
+                raise AssertionError(
+                    f"{proc.pixel_values_gen.shape[0]} reference images for {n_cond} per half"
+                )
             with self._using(self.vae):
                 encoded = stages.encode_references(self.vae, proc.pixel_values_gen[:n_cond].to(device))
             encoded = encoded.to(self.generation_decoder_dtype)
@@ -562,7 +595,10 @@ class InternVLUPipeline:
                     k += 1
                 ref_latents[B + r] = list(ref_latents[r])
         g = self._vit_grid()
-        fhw = [torch.tensor([[1, g, g]] * proc.images_per_row[r], dtype=torch.long).reshape(-1, 3) for r in range(R)]
+        fhw = [
+            torch.tensor([[1, g, g]] * proc.images_per_row[r], dtype=torch.long).reshape(-1, 3)
+            for r in range(R)
+        ]
 
         # Row order after num_images_per_prompt: block-major, then prompt, then copy.
         order = [blk * B + b for blk in range(3) for b in range(B) for _ in range(n)]
@@ -644,7 +680,11 @@ def _noise(shape: tuple[int, ...], generator, device: torch.device) -> torch.Ten
 def _sampling_kwargs(max_new_tokens, do_sample, temperature, top_p, top_k, num_beams, repetition_penalty):
     _check_positive_int("max_new_tokens", max_new_tokens)
     _check_positive_int("num_beams", num_beams)
-    kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": bool(do_sample), "num_beams": num_beams}
+    kw: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": bool(do_sample),
+        "num_beams": num_beams,
+    }
     if temperature is not None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")

@@ -26,7 +26,7 @@ def combine_guidance(
     v_cond: torch.Tensor,
     v_text_dropped: torch.Tensor,
     v_uncond: torch.Tensor,
-    timestep: float | int,
+    timestep: float,
     all_cfg_scale: float,
     part_cfg_scale: float,
     norm_trunc_timestep: int = NORM_TRUNC_TIMESTEP,

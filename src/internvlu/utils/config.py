@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any, ClassVar, TypeVar
 
+from typing_extensions import Self
+
 T = TypeVar("T", bound="ConfigBase")
 
 
@@ -43,7 +45,7 @@ class ConfigBase:
         return known
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         if not isinstance(data, dict):
             raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
         names = cls.field_names()
@@ -59,7 +61,9 @@ class ConfigBase:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = copy.deepcopy(self.extra)
-        absent: frozenset[str] = getattr(self, "_absent_fields", frozenset()) if self.OMIT_ABSENT_DEFAULTS else frozenset()
+        absent: frozenset[str] = (
+            getattr(self, "_absent_fields", frozenset()) if self.OMIT_ABSENT_DEFAULTS else frozenset()
+        )
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue
@@ -74,7 +78,7 @@ class ConfigBase:
         return dict(sorted(out.items()))
 
     @classmethod
-    def from_json_file(cls: type[T], path: str | os.PathLike[str]) -> T:
+    def from_json_file(cls, path: str | os.PathLike[str]) -> Self:
         with open(path, encoding="utf-8") as fh:
             try:
                 data = json.load(fh)
