@@ -11,6 +11,7 @@ The shards load with :class:`internvlu.data.SampleReader`. Adding a generator: s
 
 from __future__ import annotations
 
+from internvlu.synthesis.cot import CotConfig, run_cot
 from internvlu.synthesis.filters import FilterConfig, SampleFilter, phash
 from internvlu.synthesis.runner import (
     GENERATORS,
@@ -21,19 +22,33 @@ from internvlu.synthesis.runner import (
     register_generator,
     run_synthesis,
 )
+from internvlu.synthesis.science_chem import ChemConfig, ChemGenerator
+from internvlu.synthesis.science_cs import CsConfig, CsGenerator
 from internvlu.synthesis.shapes import ShapesConfig, ShapesGenerator
+from internvlu.synthesis.spatial import SpatialConfig, SpatialGenerator
+from internvlu.synthesis.text_render import TextConfig, TextGenerator
 
 __all__ = [
     "GENERATORS",
+    "ChemConfig",
+    "ChemGenerator",
+    "CotConfig",
+    "CsConfig",
+    "CsGenerator",
     "FilterConfig",
     "Generator",
     "RejectSample",
     "SampleFilter",
     "ShapesConfig",
     "ShapesGenerator",
+    "SpatialConfig",
+    "SpatialGenerator",
+    "TextConfig",
+    "TextGenerator",
     "available_generators",
     "get_generator",
     "phash",
     "register_generator",
+    "run_cot",
     "run_synthesis",
 ]

@@ -32,9 +32,22 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
             "with the same settings resumes, keeping finished shards."
         ),
     )
-    parser.add_argument("generator", metavar="GENERATOR", help=f"one of: {', '.join(available_generators())}")
+    parser.add_argument(
+        "generator",
+        metavar="GENERATOR",
+        help=f"one of: {', '.join(available_generators())}; or cot (chain-of-thought augmentation of --input)",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    parser.add_argument("--num", required=True, type=int, metavar="N", help="number of samples")
+    parser.add_argument(
+        "--num", type=int, metavar="N", help="number of samples (required; cot: at most N input records)"
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="SRC",
+        help="cot only: instruction set to augment (shard folder, .tar or .jsonl; repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed (default 0)")
     parser.add_argument("--workers", type=int, default=1, metavar="W", help="worker processes (default 1)")
     parser.add_argument(
@@ -61,6 +74,11 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="delete existing shards in DIR instead of resuming"
+    )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="build shards on a Ray cluster (auto, ray://HOST:PORT, or local); needs `pip install ray`",
     )
     parser.set_defaults(func=run_synth)
     return parser
@@ -114,6 +132,13 @@ def run_synth(args: argparse.Namespace) -> int:
     """Run ``internvlu synth`` from parsed arguments; returns the exit code (0 ok, 2 bad input)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.generator == "cot":
+        from internvlu.synthesis.cot import run_cot_cli
+
+        return run_cot_cli(args)
+    if args.num is None:
+        print("internvlu synth: error: --num is required", file=sys.stderr)
+        return 2
     try:
         filters = FilterConfig(dedup=not args.no_dedup)
         if args.phash_distance is not None:
@@ -129,6 +154,7 @@ def run_synth(args: argparse.Namespace) -> int:
             filters=filters,
             contact_sheet_samples=args.contact_sheet,
             overwrite=args.overwrite,
+            ray_address=args.ray,
         )
     except (ValueError, TypeError, OSError) as exc:
         print(f"internvlu synth: error: {exc}", file=sys.stderr)

@@ -132,7 +132,9 @@ def char_error_rate(expected: str, read: str) -> float:
     return prev[-1] / len(a)
 
 
-def check_text(engine: OcrEngine, image: Image.Image, expected: str, max_cer: float = 0.0) -> tuple[bool, str, float]:
+def check_text(
+    engine: OcrEngine, image: Image.Image, expected: str, max_cer: float = 0.0
+) -> tuple[bool, str, float]:
     """(ok, what the engine read, character error rate) for one image."""
     read = engine.read(image)
     cer = char_error_rate(expected, read)

@@ -88,7 +88,13 @@ class Generator(abc.ABC):
 
 
 GENERATORS: dict[str, type[Generator]] = {}
-_BUILTIN_MODULES: dict[str, str] = {"shapes": "internvlu.synthesis.shapes"}
+_BUILTIN_MODULES: dict[str, str] = {
+    "shapes": "internvlu.synthesis.shapes",
+    "text": "internvlu.synthesis.text_render",
+    "chem": "internvlu.synthesis.science_chem",
+    "cs": "internvlu.synthesis.science_cs",
+    "spatial": "internvlu.synthesis.spatial",
+}
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
@@ -250,6 +256,7 @@ def run_synthesis(
     filters: FilterConfig | dict[str, Any] | None = None,
     contact_sheet_samples: int = 32,
     overwrite: bool = False,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Generate `num` samples into tar shards under `out`; returns the manifest (also written to disk).
 
@@ -264,6 +271,8 @@ def run_synthesis(
         filters: filter config; defaults when None.
         contact_sheet_samples: samples shown in contact_sheet.png (0 = none).
         overwrite: delete this runner's files in `out` first instead of resuming.
+        ray_address: build shards as Ray tasks on this cluster ("auto", "ray://host:port", or "local"
+            to start a local one) instead of local worker processes; shards are byte-identical.
     """
     gen_cls = get_generator(generator) if isinstance(generator, str) else generator
     if not gen_cls.name:
@@ -331,7 +340,12 @@ def run_synthesis(
         )
         logger.info("shard %s: %d samples in %.2fs", entry["name"], entry["num_samples"], entry["seconds"])
 
-    if workers == 1 or len(jobs) <= 1:
+    if ray_address is not None and jobs:
+        from internvlu.synthesis.raydist import run_jobs_ray  # optional dependency: Ray
+
+        for entry in run_jobs_ray(jobs, ray_address, workers):
+            finished(entry)
+    elif workers == 1 or len(jobs) <= 1:
         for job in jobs:
             finished(build_shard(job))
     else:

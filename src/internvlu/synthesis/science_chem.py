@@ -43,6 +43,7 @@ from internvlu.synthesis.gen_common import (
 from internvlu.synthesis.runner import Generator, RejectSample, register_generator
 
 TASKS: tuple[str, ...] = ("t2i", "think", "understanding")
+TASK_SHARE = {"t2i": 2.0, "think": 2.0, "understanding": 1.0}  # default mix when task_weights is empty
 SOURCES: tuple[str, ...] = ("builtin", "procedural", "file")
 QUESTIONS: tuple[str, ...] = ("formula", "rings", "name", "groups")
 
@@ -195,8 +196,15 @@ REGION_WORDS = (
     ("lower left", "bottom", "lower right"),
 )
 ELEMENT_NAMES = {
-    "C": "carbon", "N": "nitrogen", "O": "oxygen", "S": "sulfur", "F": "fluorine", "Cl": "chlorine",
-    "Br": "bromine", "I": "iodine", "P": "phosphorus",
+    "C": "carbon",
+    "N": "nitrogen",
+    "O": "oxygen",
+    "S": "sulfur",
+    "F": "fluorine",
+    "Cl": "chlorine",
+    "Br": "bromine",
+    "I": "iodine",
+    "P": "phosphorus",
 }
 
 
@@ -204,7 +212,9 @@ def require_rdkit() -> Any:
     try:
         from rdkit import Chem
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the chem generator needs RDKit: pip install 'internvlu[synth]' (or rdkit)") from exc
+        raise ImportError(
+            "the chem generator needs RDKit: pip install 'internvlu[synth]' (or rdkit)"
+        ) from exc
     return Chem
 
 
@@ -280,7 +290,7 @@ class ChemConfig(GeneratorConfig):
 
     Attributes:
         image_size: side of the square depictions (>= 128).
-        tasks / task_weights: task kinds and their relative frequency (empty = equal).
+        tasks / task_weights: task kinds and their relative frequency (empty = t2i 2 : think 2 : understanding 1).
         sources / source_weights: where molecules come from ("builtin", "procedural", "file").
         molecules_file: TSV/CSV of ``name<TAB>SMILES`` or bare SMILES, one per line (source "file").
         max_substituents: most substituents on a procedural scaffold (1..3).
@@ -292,7 +302,7 @@ class ChemConfig(GeneratorConfig):
 
     image_size: int = 384
     tasks: tuple[str, ...] = TASKS
-    task_weights: tuple[float, ...] = (0.4, 0.4, 0.2)
+    task_weights: tuple[float, ...] = ()
     sources: tuple[str, ...] = ("builtin", "procedural")
     source_weights: tuple[float, ...] = ()
     molecules_file: str = ""
@@ -334,7 +344,7 @@ def read_molecules_file(path: str) -> list[tuple[str, str]]:
         if not line or line.startswith("#"):
             continue
         sep = "\t" if "\t" in line else ("," if "," in line else None)
-        name, smiles = (line.rsplit(sep, 1) if sep else ("", line))
+        name, smiles = line.rsplit(sep, 1) if sep else ("", line)
         try:
             mol_from_smiles(smiles.strip())
         except ValueError as exc:
@@ -368,7 +378,8 @@ class ChemGenerator(Generator):
         super().__init__(config)
         require_rdkit()
         self.cfg = config
-        self.task_p = probabilities(config.task_weights, len(config.tasks))
+        default = [TASK_SHARE[t] for t in config.tasks]
+        self.task_p = probabilities(config.task_weights or default, len(config.tasks))
         self.source_p = probabilities(config.source_weights, len(config.sources))
         self.file_rows = read_molecules_file(config.molecules_file) if config.molecules_file else []
 
@@ -407,7 +418,9 @@ class ChemGenerator(Generator):
 
     # ---- drawing ---------------------------------------------------------------------------------
 
-    def _draw(self, rng: np.random.Generator, mol: Any) -> tuple[Image.Image, dict[str, Any], list[dict[str, Any]]]:
+    def _draw(
+        self, rng: np.random.Generator, mol: Any
+    ) -> tuple[Image.Image, dict[str, Any], list[dict[str, Any]]]:
         from rdkit import rdBase
         from rdkit.Chem import rdDepictor
         from rdkit.Chem.Draw import rdMolDraw2D
@@ -454,7 +467,11 @@ class ChemGenerator(Generator):
         ys = np.array([a["y"] for a in atoms])
         size = self.cfg.image_size
         width, height = xs.max() - xs.min(), ys.max() - ys.min()
-        shape = "wider than tall" if width > 1.25 * height else ("taller than wide" if height > 1.25 * width else "roughly square")
+        shape = (
+            "wider than tall"
+            if width > 1.25 * height
+            else ("taller than wide" if height > 1.25 * width else "roughly square")
+        )
         hetero = [a for a in atoms if a["symbol"] not in ("C", "H")]
         places: dict[str, list[str]] = {}
         for a in hetero:
@@ -471,7 +488,9 @@ class ChemGenerator(Generator):
             text += " Rings are drawn as regular polygons."
         return text
 
-    def _thought(self, molecule: _Molecule, facts: dict[str, Any], atoms: list[dict[str, Any]], by_name: bool) -> str:
+    def _thought(
+        self, molecule: _Molecule, facts: dict[str, Any], atoms: list[dict[str, Any]], by_name: bool
+    ) -> str:
         parts = []
         if by_name:
             parts.append(f"{molecule.name[:1].upper() + molecule.name[1:]} has the SMILES {facts['smiles']}.")
@@ -501,21 +520,29 @@ class ChemGenerator(Generator):
         parts.append(self._layout_text(atoms, facts))
         return " ".join(parts)
 
-    def _prompt(self, rng: np.random.Generator, molecule: _Molecule, facts: dict[str, Any]) -> tuple[str, bool]:
+    def _prompt(
+        self, rng: np.random.Generator, molecule: _Molecule, facts: dict[str, Any]
+    ) -> tuple[str, bool]:
         by_name = bool(molecule.name) and rng.random() < self.cfg.name_prompt_prob
         if by_name:
-            template = pick(rng, (
-                "Draw the chemical structure of {name}.",
-                "Draw the skeletal formula of {name}.",
-                "Show the 2D structure of the {name} molecule.",
-                "Depict {name} ({formula}) as a structural formula.",
-            ))
+            template = pick(
+                rng,
+                (
+                    "Draw the chemical structure of {name}.",
+                    "Draw the skeletal formula of {name}.",
+                    "Show the 2D structure of the {name} molecule.",
+                    "Depict {name} ({formula}) as a structural formula.",
+                ),
+            )
         else:
-            template = pick(rng, (
-                "Draw the molecule with SMILES {smiles}.",
-                "Draw the 2D structure for the SMILES string {smiles}.",
-                "Depict the compound {smiles} as a skeletal formula.",
-            ))
+            template = pick(
+                rng,
+                (
+                    "Draw the molecule with SMILES {smiles}.",
+                    "Draw the 2D structure for the SMILES string {smiles}.",
+                    "Depict the compound {smiles} as a skeletal formula.",
+                ),
+            )
         return template.format(name=molecule.name, formula=facts["formula"], smiles=facts["smiles"]), by_name
 
     # ---- samples ---------------------------------------------------------------------------------
@@ -529,7 +556,8 @@ class ChemGenerator(Generator):
         image, drawing, atoms = self._draw(rng, molecule.mol)
         chem = require_rdkit()
         bonds = [
-            [b.GetBeginAtomIdx(), b.GetEndAtomIdx(), str(b.GetBondType()).lower()] for b in molecule.mol.GetBonds()
+            [b.GetBeginAtomIdx(), b.GetEndAtomIdx(), str(b.GetBondType()).lower()]
+            for b in molecule.mol.GetBonds()
         ]
         meta: dict[str, Any] = {
             "world": "chem",
@@ -555,7 +583,13 @@ class ChemGenerator(Generator):
         return Sample(id=sample_id, task="think", prompt=prompt, thought=thought, target=target, meta=meta)
 
     def _understanding(
-        self, rng: np.random.Generator, sid: str, molecule: _Molecule, facts: dict[str, Any], image: Image.Image, meta: dict[str, Any]
+        self,
+        rng: np.random.Generator,
+        sid: str,
+        molecule: _Molecule,
+        facts: dict[str, Any],
+        image: Image.Image,
+        meta: dict[str, Any],
     ) -> Sample:
         options = [q for q in self.cfg.questions if q != "name" or molecule.name]
         if not options:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -150,44 +151,142 @@ def render(drawing: Drawing, size: int, radius: float) -> Image.Image:
             back = math.atan2(-uy, -ux)  # direction from the loop centre to the node centre
             phi = math.acos((d * d + rho * rho - radius * radius) / (2 * d * rho))
             t1, t2 = back + phi, back + 2 * math.pi - phi
-            ax.add_patch(Arc((cx, cy), 2 * rho, 2 * rho, theta1=math.degrees(t1), theta2=math.degrees(t2),
-                             color=edge.color, lw=edge.width, zorder=1))
+            ax.add_patch(
+                Arc(
+                    (cx, cy),
+                    2 * rho,
+                    2 * rho,
+                    theta1=math.degrees(t1),
+                    theta2=math.degrees(t2),
+                    color=edge.color,
+                    lw=edge.width,
+                    zorder=1,
+                )
+            )
             tip = (cx + rho * math.cos(t2), cy + rho * math.sin(t2))
             tail = (cx + rho * math.cos(t2 - 0.5), cy + rho * math.sin(t2 - 0.5))
-            patch = FancyArrowPatch(tail, tip, arrowstyle="-|>", mutation_scale=r_pt * 0.55, color=edge.color,
-                                    lw=edge.width, shrinkA=0, shrinkB=0, zorder=1)
+            patch = FancyArrowPatch(
+                tail,
+                tip,
+                arrowstyle="-|>",
+                mutation_scale=r_pt * 0.55,
+                color=edge.color,
+                lw=edge.width,
+                shrinkA=0,
+                shrinkB=0,
+                zorder=1,
+            )
             lx, ly = a.x + ux * (d + rho + 0.55 * radius), a.y + uy * (d + rho + 0.55 * radius)
+        elif not edge.directed and edge.rad == 0:
+            # A plain segment between the circles: far cheaper to draw than an arrow patch.
+            length = math.hypot(b.x - a.x, b.y - a.y)
+            ux, uy = (b.x - a.x) / length, (b.y - a.y) / length
+            xs = (a.x + ux * radius, b.x - ux * radius)
+            ys = (a.y + uy * radius, b.y - uy * radius)
+            patch = None
+            ax.plot(xs, ys, color=edge.color, lw=edge.width, solid_capstyle="butt", zorder=1)
+            lx, ly = edge_label_point(a, b, 0.0)
         else:
             patch = FancyArrowPatch(
-                (a.x, a.y), (b.x, b.y), connectionstyle=f"arc3,rad={edge.rad}", arrowstyle=style,
-                mutation_scale=r_pt * 0.55, color=edge.color, lw=edge.width, shrinkA=r_pt, shrinkB=r_pt, zorder=1,
+                (a.x, a.y),
+                (b.x, b.y),
+                connectionstyle=f"arc3,rad={edge.rad}",
+                arrowstyle=style,
+                mutation_scale=r_pt * 0.55,
+                color=edge.color,
+                lw=edge.width,
+                shrinkA=r_pt,
+                shrinkB=r_pt,
+                zorder=1,
             )
             lx, ly = edge_label_point(a, b, edge.rad)
-        ax.add_patch(patch)
+        if patch is not None:
+            ax.add_patch(patch)
         if edge.label:
             ax.text(
-                lx, ly, edge.label, ha="center", va="center", fontsize=label_pt * 0.85, family=FONT, color=edge.color,
-                zorder=2, bbox={"boxstyle": "round,pad=0.15", "fc": WHITE, "ec": "none"},
+                lx,
+                ly,
+                edge.label,
+                ha="center",
+                va="center",
+                fontsize=label_pt * 0.85,
+                family=FONT,
+                color=edge.color,
+                zorder=2,
+                bbox={"boxstyle": "round,pad=0.15", "fc": WHITE, "ec": "none"},
             )
     for node in drawing.nodes.values():
         ax.add_patch(Circle((node.x, node.y), radius, fc=node.fill, ec=node.edge, lw=node.width, zorder=3))
         if node.double:
-            ax.add_patch(Circle((node.x, node.y), radius * 0.8, fc="none", ec=node.edge, lw=node.width * 0.8, zorder=3))
-        ax.text(node.x, node.y, node.label, ha="center", va="center", fontsize=label_pt, family=FONT, color=INK, zorder=4)
+            ax.add_patch(
+                Circle((node.x, node.y), radius * 0.8, fc="none", ec=node.edge, lw=node.width * 0.8, zorder=3)
+            )
+        ax.text(
+            node.x,
+            node.y,
+            node.label,
+            ha="center",
+            va="center",
+            fontsize=label_pt,
+            family=FONT,
+            color=INK,
+            zorder=4,
+        )
     if drawing.start is not None:
         s = drawing.nodes[drawing.start]
-        ax.add_patch(FancyArrowPatch(
-            (s.x, s.y - 3 * radius), (s.x, s.y), arrowstyle="-|>", mutation_scale=r_pt * 0.55, color=INK, lw=1.4,
-            shrinkA=0, shrinkB=r_pt, zorder=1,
-        ))
+        ax.add_patch(
+            FancyArrowPatch(
+                (s.x, s.y - 3 * radius),
+                (s.x, s.y),
+                arrowstyle="-|>",
+                mutation_scale=r_pt * 0.55,
+                color=INK,
+                lw=1.4,
+                shrinkA=0,
+                shrinkB=r_pt,
+                zorder=1,
+            )
+        )
     for x, y, text in drawing.badges:
         ax.add_patch(Circle((x, y), radius * 0.55, fc=BADGE, ec="none", zorder=5))
-        ax.text(x, y, text, ha="center", va="center", fontsize=label_pt * 0.7, family=FONT, color=WHITE, zorder=6)
+        ax.text(
+            x, y, text, ha="center", va="center", fontsize=label_pt * 0.7, family=FONT, color=WHITE, zorder=6
+        )
     for cell in drawing.cells:
-        ax.add_patch(Rectangle((cell.x - cell.w / 2, cell.y - cell.h / 2), cell.w, cell.h, fc=cell.fill, ec=INK, lw=1.0, zorder=3))
-        ax.text(cell.x, cell.y, cell.text, ha="center", va="center", fontsize=label_pt * 0.8, family=FONT, color=INK, zorder=4)
+        ax.add_patch(
+            Rectangle(
+                (cell.x - cell.w / 2, cell.y - cell.h / 2),
+                cell.w,
+                cell.h,
+                fc=cell.fill,
+                ec=INK,
+                lw=1.0,
+                zorder=3,
+            )
+        )
+        ax.text(
+            cell.x,
+            cell.y,
+            cell.text,
+            ha="center",
+            va="center",
+            fontsize=label_pt * 0.8,
+            family=FONT,
+            color=INK,
+            zorder=4,
+        )
     for x, y, text in drawing.notes:
-        ax.text(x, y, text, ha="center", va="center", fontsize=label_pt * 0.6, family=FONT, color="#666666", zorder=4)
+        ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=label_pt * 0.6,
+            family=FONT,
+            color="#666666",
+            zorder=4,
+        )
     return figure_image(fig)
 
 
@@ -203,7 +302,12 @@ def edge_label_point(a: DNode, b: DNode, rad: float) -> tuple[float, float]:
 def node_boxes(drawing: Drawing, size: int, radius: float) -> dict[str, dict[str, Any]]:
     """Pixel centre, radius and label of every node (the meta ground truth)."""
     return {
-        key: {"label": n.label, "cx": round(n.x * size, 2), "cy": round(n.y * size, 2), "r": round(radius * size, 2)}
+        key: {
+            "label": n.label,
+            "cx": round(n.x * size, 2),
+            "cy": round(n.y * size, 2),
+            "r": round(radius * size, 2),
+        }
         for key, n in drawing.nodes.items()
     }
 
@@ -262,7 +366,9 @@ def _seg_point_dist(p: tuple[float, float], a: tuple[float, float], b: tuple[flo
     return math.hypot(px - (ax_ + t * dx), py - (ay + t * dy))
 
 
-def _segments_cross(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float], d: tuple[float, float]) -> bool:
+def _segments_cross(
+    a: tuple[float, float], b: tuple[float, float], c: tuple[float, float], d: tuple[float, float]
+) -> bool:
     def orient(p: tuple[float, float], q: tuple[float, float], r: tuple[float, float]) -> float:
         return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
 
@@ -282,7 +388,9 @@ class Graph:
         return self.edges[(min(u, v), max(u, v))]
 
 
-def random_graph(rng: np.random.Generator, n: int, radius: float, weighted: bool, extra_prob: float = 0.45) -> Graph:
+def random_graph(
+    rng: np.random.Generator, n: int, radius: float, weighted: bool, extra_prob: float = 0.45
+) -> Graph:
     """Connected planar-drawn graph: nodes on a jittered 3x3 grid, edges between nearby cells only."""
     cells = [int(c) for c in rng.choice(9, size=n, replace=False)]
     pitch, origin = 0.8 / 3, 0.1
@@ -293,7 +401,9 @@ def random_graph(rng: np.random.Generator, n: int, radius: float, weighted: bool
         pos[letter] = (round(cx, 4), round(cy, 4))
     names = list(pos)
     candidates = [
-        (u, v) for i, u in enumerate(names) for v in names[i + 1:]
+        (u, v)
+        for i, u in enumerate(names)
+        for v in names[i + 1 :]
         if math.dist(pos[u], pos[v]) <= 1.6 * pitch
     ]
     order = [candidates[int(i)] for i in rng.permutation(len(candidates))]
@@ -336,7 +446,9 @@ def graph_drawing(graph: Graph, weighted: bool) -> Drawing:
     return drawing
 
 
-def dijkstra(graph: Graph, source: str) -> tuple[dict[str, int], dict[str, list[str]], list[tuple[str, int, list[tuple[str, int]]]]]:
+def dijkstra(
+    graph: Graph, source: str
+) -> tuple[dict[str, int], dict[str, list[str]], list[tuple[str, int, list[tuple[str, int]]]]]:
     """Distances, all shortest-path predecessors, and the steps (node settled, its distance, updates)."""
     dist = {source: 0}
     preds: dict[str, list[str]] = {source: []}
@@ -445,8 +557,13 @@ class CsGenerator(Generator):
             "nodes": node_boxes(before, size, self.RADIUS),
             "target_nodes": node_boxes(after, size, self.RADIUS),
         }
-        common = {"id": sample_id, "prompt": prompt, "images": [ImageRef.from_image("image0", image_in)],
-                  "target": ImageRef.from_image("target", image_out), "meta": meta}
+        common = {
+            "id": sample_id,
+            "prompt": prompt,
+            "images": [ImageRef.from_image("image0", image_in)],
+            "target": ImageRef.from_image("target", image_out),
+            "meta": meta,
+        }
         if task == "think":
             return Sample(task="think", thought=thought, **common)
         return Sample(task="edit", **common)
@@ -486,8 +603,14 @@ class CsGenerator(Generator):
             f"at depth {slot.bit_length() - 1}. No other node moves; I draw the new node in green."
         )
         prompt = f"Insert the key {key} into this binary search tree and draw the resulting tree."
-        truth = {"before": _slots(tree), "after": _slots(after_tree), "key": key, "path": [tree[s] for s in path],
-                 "parent": tree[slot // 2], "side": side}
+        truth = {
+            "before": _slots(tree),
+            "after": _slots(after_tree),
+            "key": key,
+            "path": [tree[s] for s in path],
+            "parent": tree[slot // 2],
+            "side": side,
+        }
         return before, after, prompt, thought, truth
 
     def _heap_drawing(self, values: list[int], changed: set[int] = frozenset()) -> Drawing:  # type: ignore[assignment]
@@ -496,7 +619,9 @@ class CsGenerator(Generator):
         for i in range(15):
             x = 0.06 + (i + 0.5) * width
             if i < len(values):
-                drawing.cells.append(DCell(x, 0.8, width, 0.07, str(values[i]), LIGHT if i in changed else WHITE))
+                drawing.cells.append(
+                    DCell(x, 0.8, width, 0.07, str(values[i]), LIGHT if i in changed else WHITE)
+                )
             drawing.notes.append((x, 0.86, str(i)))
         for i in changed:
             if i < len(values):
@@ -529,7 +654,9 @@ class CsGenerator(Generator):
         while i > 0:
             p = (i - 1) // 2
             if before(new[i], new[p]):
-                steps.append(f"{value} {'<' if kind == 'min' else '>'} parent {new[p]}: swap indices {i} and {p}.")
+                steps.append(
+                    f"{value} {'<' if kind == 'min' else '>'} parent {new[p]}: swap indices {i} and {p}."
+                )
                 new[i], new[p] = new[p], new[i]
                 changed |= {i, p}
                 i = p
@@ -559,7 +686,9 @@ class CsGenerator(Generator):
                 break
             best = kids[0] if len(kids) == 1 or before(new[kids[0]], new[kids[1]]) else kids[1]
             if before(new[best], new[i]):
-                steps.append(f"The {'smaller' if kind == 'min' else 'larger'} child of {new[i]} is {new[best]}: swap indices {i} and {best}.")
+                steps.append(
+                    f"The {'smaller' if kind == 'min' else 'larger'} child of {new[i]} is {new[best]}: swap indices {i} and {best}."
+                )
                 new[i], new[best] = new[best], new[i]
                 changed |= {i, best}
                 i = best
@@ -584,8 +713,11 @@ class CsGenerator(Generator):
             if slot not in tree:
                 return []
             left, right = walk(2 * slot), walk(2 * slot + 1)
-            return {"preorder": [slot, *left, *right], "inorder": [*left, slot, *right],
-                    "postorder": [*left, *right, slot]}[order_name]
+            return {
+                "preorder": [slot, *left, *right],
+                "inorder": [*left, slot, *right],
+                "postorder": [*left, *right, slot],
+            }[order_name]
 
         slots = sorted(tree) if order_name == "level-order" else walk(1)
         before = tree_drawing(tree, 0.12, 0.86, 4)
@@ -627,12 +759,14 @@ class CsGenerator(Generator):
                 queue.extend(new)
                 trace.append(f"visit {u}, enqueue {', '.join(new) if new else 'nothing'}")
         else:
+
             def dfs(u: str) -> None:
                 order.append(u)
                 trace.append(f"visit {u}")
                 for v in graph.neighbours(u):
                     if v not in order:
                         dfs(v)
+
             dfs(start)
         before = graph_drawing(graph, weighted=False)
         after = before.copy()
@@ -640,8 +774,9 @@ class CsGenerator(Generator):
             x, y = self._badge_spot(graph, u)
             after.badges.append((x, y, str(k)))
         thought = (
-            f"{kind} from {start}, taking neighbours in alphabetical order: " + "; ".join(trace) +
-            f". The visiting order is {', '.join(order)}; I write each position in a badge next to its node."
+            f"{kind} from {start}, taking neighbours in alphabetical order: "
+            + "; ".join(trace)
+            + f". The visiting order is {', '.join(order)}; I write each position in a badge next to its node."
         )
         prompt = f"Number the nodes in {kind} order starting from {start} (neighbours in alphabetical order)."
         truth = {"edges": _edges(graph), "start": start, "kind": kind, "order": order}
@@ -675,7 +810,7 @@ class CsGenerator(Generator):
             raise RejectSample("shortest_path_trivial")
         before = graph_drawing(graph, weighted=True)
         after = before.copy()
-        on_path = set(zip(path, path[1:])) | set(zip(path[1:], path))
+        on_path = set(itertools.pairwise(path)) | set(itertools.pairwise(path[::-1]))
         for edge in after.edges:
             if (edge.u, edge.v) in on_path:
                 edge.color, edge.width = SOURCE, 3.2
@@ -693,8 +828,14 @@ class CsGenerator(Generator):
             "and no other path has that weight. I highlight its nodes and edges."
         )
         prompt = f"Highlight the shortest path from {source} to {target} in this weighted graph."
-        truth = {"edges": _edges(graph), "source": source, "target": target, "path": path, "distance": dist[target],
-                 "distances": dict(sorted(dist.items()))}
+        truth = {
+            "edges": _edges(graph),
+            "source": source,
+            "target": target,
+            "path": path,
+            "distance": dist[target],
+            "distances": dict(sorted(dist.items())),
+        }
         return before, after, prompt, thought, truth
 
     def _khop(self, rng: np.random.Generator) -> Built:
@@ -729,7 +870,9 @@ class CsGenerator(Generator):
         before = Drawing(start="q0")
         for i, s in enumerate(states):
             ang = math.pi + 2 * math.pi * i / n  # q0 on the left, then clockwise
-            before.nodes[s] = DNode(0.5 + 0.3 * math.cos(ang), 0.5 - 0.3 * math.sin(ang), s, double=s in accepting)
+            before.nodes[s] = DNode(
+                0.5 + 0.3 * math.cos(ang), 0.5 - 0.3 * math.sin(ang), s, double=s in accepting
+            )
         labels: dict[tuple[str, str], list[str]] = {}
         for (s, a), t in sorted(table.items()):
             labels.setdefault((s, t), []).append(a)
@@ -758,8 +901,15 @@ class CsGenerator(Generator):
             f"Trace the input '{word}' through this automaton from the start state: highlight the transitions "
             "taken and mark the final state green if it accepts or red if it rejects."
         )
-        truth = {"states": states, "transitions": {f"{s},{a}": t for (s, a), t in sorted(table.items())},
-                 "accepting": accepting, "word": word, "trace": trace, "final": state, "accepted": accepted}
+        truth = {
+            "states": states,
+            "transitions": {f"{s},{a}": t for (s, a), t in sorted(table.items())},
+            "accepting": accepting,
+            "word": word,
+            "trace": trace,
+            "final": state,
+            "accepted": accepted,
+        }
         return before, after, prompt, thought, truth
 
 

@@ -79,6 +79,7 @@ BACKGROUNDS: tuple[str, ...] = (
 EDIT_OPS: tuple[str, ...] = ("add_text", "remove_text", "replace_text", "replace_word")
 QUESTIONS: tuple[str, ...] = ("read", "color", "line_count")
 LANGUAGES: tuple[str, ...] = ("en", "zh")
+LANGUAGE_SHARE = {"en": 0.8, "zh": 0.2}  # default mix when language_weights is empty
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # Text colours (name -> RGB, Chinese name); a colour is used only where it contrasts with the background.
@@ -140,13 +141,60 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 # --------------------------------------------------------------------------------------------------
 
 _ADJ = (
-    "fresh", "golden", "quiet", "happy", "bright", "little", "grand", "wild", "sunny", "cozy", "modern",
-    "secret", "lucky", "silver", "green", "urban", "simple", "royal", "daily", "ocean", "spicy", "sweet",
+    "fresh",
+    "golden",
+    "quiet",
+    "happy",
+    "bright",
+    "little",
+    "grand",
+    "wild",
+    "sunny",
+    "cozy",
+    "modern",
+    "secret",
+    "lucky",
+    "silver",
+    "green",
+    "urban",
+    "simple",
+    "royal",
+    "daily",
+    "ocean",
+    "spicy",
+    "sweet",
 )
 _NOUN = (
-    "coffee", "garden", "bakery", "market", "library", "studio", "river", "mountain", "books", "flowers",
-    "bread", "music", "station", "harbor", "kitchen", "theater", "museum", "pizza", "tea", "bicycle",
-    "forest", "island", "candle", "window", "lantern", "journey", "cinema", "festival", "academy", "hotel",
+    "coffee",
+    "garden",
+    "bakery",
+    "market",
+    "library",
+    "studio",
+    "river",
+    "mountain",
+    "books",
+    "flowers",
+    "bread",
+    "music",
+    "station",
+    "harbor",
+    "kitchen",
+    "theater",
+    "museum",
+    "pizza",
+    "tea",
+    "bicycle",
+    "forest",
+    "island",
+    "candle",
+    "window",
+    "lantern",
+    "journey",
+    "cinema",
+    "festival",
+    "academy",
+    "hotel",
 )
 _VERB = ("discover", "enjoy", "explore", "visit", "taste", "join", "celebrate", "build", "read", "share")
 _NAME = ("Anna", "Leo", "Maya", "Omar", "Lucy", "Ivan", "Nora", "Kenji", "Sofia", "Hugo", "Priya", "Tom")
@@ -170,10 +218,36 @@ _EN_TEMPLATES: tuple[Callable[[np.random.Generator], str], ...] = (
     lambda r: f"since {int(r.integers(1890, 2025))}",
 )
 _ZH_PHRASES = (
-    "欢迎光临", "新年快乐", "生日快乐", "营业中", "禁止吸烟", "安全出口", "人工智能", "春眠不觉晓",
-    "床前明月光", "学而时习之", "天天向上", "海纳百川", "书香门第", "一路平安", "恭喜发财", "万事如意",
-    "请勿停车", "小心地滑", "今日特价", "新鲜水果", "手工面包", "咖啡馆", "图书馆", "火车站", "博物馆",
-    "美好生活", "百年老店", "春夏秋冬", "山水之间", "江南小镇",
+    "欢迎光临",
+    "新年快乐",
+    "生日快乐",
+    "营业中",
+    "禁止吸烟",
+    "安全出口",
+    "人工智能",
+    "春眠不觉晓",
+    "床前明月光",
+    "学而时习之",
+    "天天向上",
+    "海纳百川",
+    "书香门第",
+    "一路平安",
+    "恭喜发财",
+    "万事如意",
+    "请勿停车",
+    "小心地滑",
+    "今日特价",
+    "新鲜水果",
+    "手工面包",
+    "咖啡馆",
+    "图书馆",
+    "火车站",
+    "博物馆",
+    "美好生活",
+    "百年老店",
+    "春夏秋冬",
+    "山水之间",
+    "江南小镇",
 )
 _ZH_ADJ = ("美味", "新鲜", "温暖", "快乐", "安静", "美丽", "传统", "现代")
 _ZH_NOUN = ("咖啡", "面包", "书店", "花园", "茶馆", "市场", "餐厅", "小屋", "广场", "公园")
@@ -229,7 +303,9 @@ def _contrast(la: float, lb: float) -> float:
     return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
 
 
-def contrast_ratio(a: np.ndarray | tuple[float, float, float], b: np.ndarray | tuple[float, float, float]) -> float:
+def contrast_ratio(
+    a: np.ndarray | tuple[float, float, float], b: np.ndarray | tuple[float, float, float]
+) -> float:
     la, lb = relative_luminance(a), relative_luminance(b)
     return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
 
@@ -241,26 +317,31 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(up, dtype=np.float32) / 127.5 - 1.0
 
 
-def _fine_noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    return rng.standard_normal((size, size)).astype(np.float32)
-
-
 def _to_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
-def render_texture(kind: str, size: int, rng: np.random.Generator) -> tuple[Image.Image, dict[str, Any], str, str]:
+def render_texture(
+    kind: str, size: int, rng: np.random.Generator
+) -> tuple[Image.Image, dict[str, Any], str, str]:
     """A procedural background: (image, descriptor, English phrase, Chinese phrase)."""
     if kind == "solid":
         name = pick(rng, list(BG_COLORS))
         rgb, zh = BG_COLORS[name]
-        return Image.new("RGB", (size, size), rgb), {"kind": kind, "color": name}, f"a plain {name} background", f"纯{zh}背景"
+        return (
+            Image.new("RGB", (size, size), rgb),
+            {"kind": kind, "color": name},
+            f"a plain {name} background",
+            f"纯{zh}背景",
+        )
     if kind == "gradient":
         a, b = (str(n) for n in rng.choice(list(BG_COLORS), size=2, replace=False))
         direction = pick(rng, ("horizontal", "vertical", "diagonal"))
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / max(1, size - 1)
         t = {"horizontal": xs, "vertical": ys, "diagonal": (xs + ys) / 2}[direction][..., None]  # (H, W, 1)
-        pixels = (1 - t) * np.asarray(BG_COLORS[a][0], np.float32) + t * np.asarray(BG_COLORS[b][0], np.float32)
+        pixels = (1 - t) * np.asarray(BG_COLORS[a][0], np.float32) + t * np.asarray(
+            BG_COLORS[b][0], np.float32
+        )
         en = f"a {direction} gradient background from {a} to {b}"
         zh = f"从{BG_COLORS[a][1]}到{BG_COLORS[b][1]}的渐变背景"
         return _to_image(pixels), {"kind": kind, "colors": [a, b], "direction": direction}, en, zh
@@ -276,12 +357,15 @@ def render_texture(kind: str, size: int, rng: np.random.Generator) -> tuple[Imag
         xs = np.mgrid[0:size, 0:size][1].astype(np.float32)
         grain = 0.5 + 0.5 * np.sin(2 * np.pi * (xs + warp) / period)  # (H, W) ring pattern
         light, dark = np.asarray((210, 165, 112), np.float32), np.asarray((150, 100, 58), np.float32)
-        pixels = light + grain[..., None] * (dark - light) + 4 * _fine_noise(rng, size)[..., None]
+        pixels = (
+            light + grain[..., None] * (dark - light) + 5 * _smooth_noise(rng, size, size // 6)[..., None]
+        )
         if rng.random() < 0.5:
             pixels = pixels.transpose(1, 0, 2)  # horizontal planks
     else:
         amp = {"white_paper": 3, "kraft_paper": 9, "lined_paper": 2, "chalkboard": 6}[kind]
-        tint = _smooth_noise(rng, size, 6) * amp + _fine_noise(rng, size) * amp * 0.6
+        # Low- plus mid-frequency tint; no per-pixel noise, which would cost ~15 ms and ~60 KB per PNG.
+        tint = _smooth_noise(rng, size, 6) * amp + _smooth_noise(rng, size, size // 4) * amp * 0.6
         pixels = np.asarray(base[kind], np.float32) + tint[..., None]
     image = _to_image(pixels)
     if kind == "kraft_paper":  # a few darker fibres
@@ -318,7 +402,7 @@ class TextConfig(GeneratorConfig):
         image_dir: folder of user pictures (searched recursively; NAME.txt beside NAME.jpg = its caption).
         caption_text_prob: chance that a photo with a caption gets (the start of) its caption as the text.
         fonts: Latin font families; cjk_fonts: CJK families; font_dirs: extra folders searched first.
-        languages / language_weights: "en" and/or "zh" texts.
+        languages / language_weights: "en" and/or "zh" texts (empty weights = en 0.8, zh 0.2).
         text_file: UTF-8 file of texts, one per line, used instead of the built-in grammar when set.
         max_words: longest built-in English text, in words.
         min_font_size, max_font_frac: font size range (max as a fraction of image_size).
@@ -339,7 +423,7 @@ class TextConfig(GeneratorConfig):
     cjk_fonts: tuple[str, ...] = CJK_FAMILIES
     font_dirs: tuple[str, ...] = ()
     languages: tuple[str, ...] = LANGUAGES
-    language_weights: tuple[float, ...] = (0.8, 0.2)
+    language_weights: tuple[float, ...] = ()
     text_file: str = ""
     max_words: int = 8
     min_font_size: int = 10
@@ -425,7 +509,9 @@ class TextGenerator(Generator):
         missing = [f for f in config.fonts if f not in fonts]
         if missing:
             logger.warning("text generator: font families %s not found; using %s", missing, sorted(fonts))
-        self.latin = [fonts[f] for f in config.fonts if f in fonts] or list(resolve_fonts(["builtin"]).values())
+        self.latin = [fonts[f] for f in config.fonts if f in fonts] or list(
+            resolve_fonts(["builtin"]).values()
+        )
         cjk = resolve_fonts(config.cjk_fonts, config.font_dirs)
         self.cjk = [cjk[f] for f in config.cjk_fonts if f in cjk]
         if config.languages == ("zh",) and not self.cjk:
@@ -434,7 +520,8 @@ class TextGenerator(Generator):
                 "install fonts-noto-cjk or add font_dirs"
             )
         self.task_p = probabilities(config.task_weights, len(config.tasks))
-        self.lang_p = probabilities(config.language_weights, len(config.languages))
+        default = [LANGUAGE_SHARE[lang] for lang in config.languages]
+        self.lang_p = probabilities(config.language_weights or default, len(config.languages))
         self.texts: list[str] = []
         if config.text_file:
             lines = Path(config.text_file).read_text(encoding="utf-8").splitlines()
@@ -455,13 +542,20 @@ class TextGenerator(Generator):
                 if config.ocr_check == "on":
                     raise
             if self.ocr is None and config.ocr_check == "on":
-                raise ValueError("ocr_check='on' but no OCR engine is installed (see internvlu.synthesis.ocr)")
+                raise ValueError(
+                    "ocr_check='on' but no OCR engine is installed (see internvlu.synthesis.ocr)"
+                )
 
     # ---- sampling --------------------------------------------------------------------------------
 
     def sample(self, rng: np.random.Generator, sample_id: str) -> Sample:
         task = pick_weighted(rng, self.cfg.tasks, self.task_p)
-        build = {"t2i": self._t2i, "think": self._think, "edit": self._edit, "understanding": self._understanding}
+        build = {
+            "t2i": self._t2i,
+            "think": self._think,
+            "edit": self._edit,
+            "understanding": self._understanding,
+        }
         sample = build[task](rng, sample_id)
         if self.ocr is not None:
             self._ocr_check(sample)
@@ -488,7 +582,9 @@ class TextGenerator(Generator):
     def _text(self, rng: np.random.Generator, language: str, canvas: _Canvas | None = None) -> str:
         if canvas is not None and canvas.caption and rng.random() < self.cfg.caption_text_prob:
             words = canvas.caption.split()
-            return " ".join(words[: self.cfg.max_words]) if not has_cjk(canvas.caption) else canvas.caption[:16]
+            return (
+                " ".join(words[: self.cfg.max_words]) if not has_cjk(canvas.caption) else canvas.caption[:16]
+            )
         if self.texts:
             return pick(rng, self.texts)
         return chinese_text(rng) if language == "zh" else english_text(rng, self.cfg.max_words)
@@ -539,7 +635,9 @@ class TextGenerator(Generator):
             plate = "white" if relative_luminance(mean) < 0.5 else "black"
             rgb = np.asarray(BG_COLORS[plate][0], np.float32)
             radius = max(2, (y1 - y0) // 6)
-            ImageDraw.Draw(canvas.image).rounded_rectangle((x0, y0, x1 - 1, y1 - 1), radius, fill=tuple(int(v) for v in rgb))
+            ImageDraw.Draw(canvas.image).rounded_rectangle(
+                (x0, y0, x1 - 1, y1 - 1), radius, fill=tuple(int(v) for v in rgb)
+            )
             canvas.info["plate"] = plate
             mean = rgb
         # Legible everywhere in the region: 4.5:1 against its mean colour (WCAG AA) and 3:1 against its
@@ -558,7 +656,9 @@ class TextGenerator(Generator):
             raise RejectSample("no_contrasting_color")
         return _Style(font, pick(rng, good), pick(rng, ALIGNS), pick(rng, VALIGNS), language)
 
-    def _layout(self, text: str, style: _Style, region: tuple[int, int, int, int], max_size: int | None = None) -> TextLayout:
+    def _layout(
+        self, text: str, style: _Style, region: tuple[int, int, int, int], max_size: int | None = None
+    ) -> TextLayout:
         padding = max(2, (region[3] - region[1]) // 12)
         layout = fit_text(
             text,
@@ -638,8 +738,13 @@ class TextGenerator(Generator):
         prompt = self._caption(canvas, layout, style, zh)
         target = ImageRef.from_image("target", self._render(canvas, layout, style.color))
         meta = self._meta(
-            "t2i/poster", canvas, style, text=layout.text, layout=layout.to_dict(),
-            rendered_text={"target": layout.text}, prompt_language="zh" if zh else "en",
+            "t2i/poster",
+            canvas,
+            style,
+            text=layout.text,
+            layout=layout.to_dict(),
+            rendered_text={"target": layout.text},
+            prompt_language="zh" if zh else "en",
         )
         return Sample(id=sid, task="t2i", prompt=prompt, target=target, meta=meta)
 
@@ -664,8 +769,13 @@ class TextGenerator(Generator):
         )
         target = ImageRef.from_image("target", self._render(canvas, layout, style.color))
         meta = self._meta(
-            "think/poster", canvas, style, text=layout.text, layout=layout.to_dict(),
-            rendered_text={"target": layout.text}, caption=self._caption(canvas, layout, style, False),
+            "think/poster",
+            canvas,
+            style,
+            text=layout.text,
+            layout=layout.to_dict(),
+            rendered_text={"target": layout.text},
+            caption=self._caption(canvas, layout, style, False),
         )
         return Sample(id=sid, task="think", prompt=prompt, thought=thought, target=target, meta=meta)
 
@@ -682,30 +792,52 @@ class TextGenerator(Generator):
                 prompt = f"Add the text {self._quoted(text)} in {style.color} {family} letters in the {where} of the image."
                 before, after, layouts, texts = plain, texted, (None, layout), ("", text)
             else:
-                prompt = pick(rng, (f"Remove the text {self._quoted(text)} from the image.", "Erase all the text in the image."))
+                prompt = pick(
+                    rng,
+                    (
+                        f"Remove the text {self._quoted(text)} from the image.",
+                        "Erase all the text in the image.",
+                    ),
+                )
                 before, after, layouts, texts = texted, plain, (layout, None), (text, "")
         else:
             new_text, prompt, op = self._replacement(rng, op, style.language, text)
             other = self._layout(new_text, style, canvas.region)
-            size = min(layout.font_size, other.font_size)  # one size for both: a real text edit keeps the size
-            layouts = (self._layout(text, style, canvas.region, size), self._layout(new_text, style, canvas.region, size))
+            size = min(
+                layout.font_size, other.font_size
+            )  # one size for both: a real text edit keeps the size
+            layouts = (
+                self._layout(text, style, canvas.region, size),
+                self._layout(new_text, style, canvas.region, size),
+            )
             before, after = (self._render(canvas, lay, style.color) for lay in layouts)
             texts = (text, new_text)
         if before.tobytes() == after.tobytes():
             raise RejectSample("edit_changes_nothing")
         rendered = {name: t for name, t in (("image0", texts[0]), ("target", texts[1])) if t}
         meta = self._meta(
-            f"edit/{op}", canvas, style, text=texts[0], target_text=texts[1],
+            f"edit/{op}",
+            canvas,
+            style,
+            text=texts[0],
+            target_text=texts[1],
             layout=layouts[0].to_dict() if layouts[0] else None,
             target_layout=layouts[1].to_dict() if layouts[1] else None,
-            rendered_text=rendered, edit={"op": op, "from": texts[0], "to": texts[1]},
+            rendered_text=rendered,
+            edit={"op": op, "from": texts[0], "to": texts[1]},
         )
         return Sample(
-            id=sid, task="edit", prompt=prompt, images=[ImageRef.from_image("image0", before)],
-            target=ImageRef.from_image("target", after), meta=meta,
+            id=sid,
+            task="edit",
+            prompt=prompt,
+            images=[ImageRef.from_image("image0", before)],
+            target=ImageRef.from_image("target", after),
+            meta=meta,
         )
 
-    def _replacement(self, rng: np.random.Generator, op: str, language: str, text: str) -> tuple[str, str, str]:
+    def _replacement(
+        self, rng: np.random.Generator, op: str, language: str, text: str
+    ) -> tuple[str, str, str]:
         """(new text, prompt, op actually done): replace_word needs a Latin text with a unique word."""
         words = text.split()
         counts = {w: words.count(w) for w in words}
@@ -723,7 +855,11 @@ class TextGenerator(Generator):
                 break
         else:
             raise RejectSample("no_replacement_text")
-        return new_text, f"Replace the text {self._quoted(text)} with {self._quoted(new_text)}.", "replace_text"
+        return (
+            new_text,
+            f"Replace the text {self._quoted(text)} with {self._quoted(new_text)}.",
+            "replace_text",
+        )
 
     def _understanding(self, rng: np.random.Generator, sid: str) -> Sample:
         canvas, style, layout = self._poster(rng, allow_photo=True)
@@ -740,10 +876,18 @@ class TextGenerator(Generator):
         qa = []
         for k, name in enumerate(order):
             question, answer = answers[name]
-            messages += [Message("user", f"{IMAGE_PLACEHOLDER}\n{question}" if k == 0 else question), Message("assistant", answer)]
+            messages += [
+                Message("user", f"{IMAGE_PLACEHOLDER}\n{question}" if k == 0 else question),
+                Message("assistant", answer),
+            ]
             qa.append({"family": name, "question": question, "answer": answer})
         meta = self._meta(
-            f"understanding/{order[0]}", canvas, style, text=layout.text, layout=layout.to_dict(),
-            rendered_text={"image0": layout.text}, qa=qa,
+            f"understanding/{order[0]}",
+            canvas,
+            style,
+            text=layout.text,
+            layout=layout.to_dict(),
+            rendered_text={"image0": layout.text},
+            qa=qa,
         )
         return Sample(id=sid, task="understanding", images=[image], messages=messages, meta=meta)

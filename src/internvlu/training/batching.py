@@ -288,7 +288,7 @@ class BatchBuilder:
     def decisions(self, sample: Sample, index: int) -> tuple[DropCond, float, int]:
         rng = np.random.default_rng([self.seed, 0x5EED, index])
         drop = choose_drop(sample, float(rng.random()), self.data.drop)
-        sigma = sample_sigma(rng, self.loss.logit_mean, self.loss.logit_std, self.loss.flow_shift, self.loss.discrete_timesteps)
+        sigma = sample_sigma(rng, self.loss.logit_mean, self.loss.logit_std, self.loss.flow_shift)
         noise_seed = int(rng.integers(0, 2**62))
         return drop, sigma, noise_seed
 

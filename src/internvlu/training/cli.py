@@ -2,8 +2,8 @@
 
 Examples:
     internvlu train --list
-    internvlu train --recipe tiny data.sources=[my_data/train.jsonl] output_dir=runs/mine
-    internvlu train --recipe stage1 model.path=/ckpt/InternVL-U data.sources=[shards/] --print-config
+    internvlu train --recipe tiny data.sources=my_data/train.jsonl output_dir=runs/mine
+    internvlu train --recipe stage1 model.path=/ckpt/InternVL-U data.sources=shards/ --print-config
     torchrun --nproc_per_node 8 -m internvlu train --recipe stage3 model.path=... data.sources=[...]
     internvlu train --export runs/mine/checkpoints/step-00000030 --out runs/mine/export-30
     internvlu train --recipe stage2 model.path=... data.sources=[...] data.latent_cache=cache/ --precompute-latents

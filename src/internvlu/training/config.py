@@ -206,7 +206,7 @@ class LossConfig:
     total = ntp_weight * L_ntp + flow_weight * L_flow, where L_ntp is the token-mean cross-entropy over supervised
     tokens and L_flow the sample-mean of the per-image MSE between predicted and true velocity (eps - z).
     Timesteps: u ~ N(logit_mean, logit_std), t = sigmoid(u), sigma = shift*t / (1 + (shift-1)*t) (the flow-sigma
-    shift of the inference scheduler); the head sees sigma*1000.
+    shift of the inference scheduler); the head sees int(sigma*1000) (discrete_timesteps) like at inference.
     """
 
     ntp_weight: float = 0.0
@@ -214,7 +214,9 @@ class LossConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     flow_shift: float = 3.0
-    discrete_timesteps: bool = False  # round sigma*1000 down to an integer timestep, as the inference scheduler does
+    # Feed the head int(sigma*1000), the integer timestep the inference scheduler feeds at that noise level (see
+    # losses.model_timesteps); False feeds the continuous sigma*1000.
+    discrete_timesteps: bool = True
     latent_sampling: Literal["mode", "sample"] = "mode"  # VAE posterior mean (as inference encodes references) or a sample
 
     def validate(self) -> None:
@@ -259,7 +261,8 @@ class LoopConfig:
     global_batch_size: int = 4
     micro_batch_size: int = 4
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = mixed precision (fp32 master weights)
-    max_minutes: float | None = None  # stop early (checkpoint + export) after this wall time
+    max_minutes: float | None = None  # stop early (checkpoint + export) after this much training time (all resumes)
+    num_threads: int | None = None  # CPU intra-op threads (torch.set_num_threads); None keeps torch's default
 
     def validate(self) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size"):
@@ -444,11 +447,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ValueError(f"{where} must be one of {list(get_args(tp))}, got {value!r}")
         return value
     if origin is list:
+        (item,) = get_args(tp) or (Any,)
         if isinstance(value, tuple):
             value = list(value)
+        if isinstance(value, str) and item is str:
+            value = [value]  # `data.sources=a.jsonl` on a command line: one item, no shell-glob brackets needed
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list, got {value!r}")
-        (item,) = get_args(tp) or (Any,)
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):

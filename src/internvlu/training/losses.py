@@ -24,17 +24,10 @@ def shift_sigma(sigma: float | Tensor, shift: float) -> float | Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def sample_sigma(rng: np.random.Generator, mean: float, std: float, shift: float, discrete: bool = False) -> float:
-    """One training sigma: logit-normal t = sigmoid(N(mean, std)), then shifted.
-
-    With `discrete`, sigma*1000 is truncated to an integer timestep (what the inference scheduler feeds), and
-    sigma is that timestep / 1000; kept >= 1/1000 so the noisy input is never exactly the data.
-    """
+def sample_sigma(rng: np.random.Generator, mean: float, std: float, shift: float) -> float:
+    """One training sigma: logit-normal t = sigmoid(N(mean, std)), then shifted (continuous, in (0, 1))."""
     t = 1.0 / (1.0 + np.exp(-rng.normal(mean, std)))
-    sigma = float(shift_sigma(t, shift))
-    if discrete:
-        sigma = max(int(sigma * NUM_TRAIN_TIMESTEPS), 1) / NUM_TRAIN_TIMESTEPS
-    return sigma
+    return float(shift_sigma(t, shift))
 
 
 def noisy_latents(z: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
@@ -48,9 +41,17 @@ def velocity_target(z: Tensor, noise: Tensor) -> Tensor:
     return noise - z
 
 
-def model_timesteps(sigma: Tensor) -> Tensor:
-    """Head timestep input on the 0..1000 scale."""
-    return sigma * NUM_TRAIN_TIMESTEPS
+def model_timesteps(sigma: Tensor, discrete: bool = True) -> Tensor:
+    """Head timestep input on the 0..1000 scale.
+
+    `discrete`: the integer timestep int(sigma * 1000), exactly what the inference scheduler feeds for a latent at
+    noise level sigma. This matters: the head's sinusoid is taken of t * 1000 (arguments up to 1e6 rad), so its
+    high-frequency channels are a different pseudo-random code for every real t; trained on continuous t the head
+    never sees the codes of the integer inference timesteps. (The reference trains in bf16, whose rounding of t
+    gives a discrete grid as well.)
+    """
+    t = sigma * NUM_TRAIN_TIMESTEPS
+    return torch.floor(t) if discrete else t
 
 
 def flow_loss_per_sample(pred: Tensor, target: Tensor, grids: Sequence[tuple[int, int]]) -> Tensor:

@@ -3,8 +3,9 @@
 Fresh models follow the released structure exactly (InternViT + pixel shuffle + mlp1 + Qwen3, an MMDiT head fed by
 the concatenated hidden states of layers [-1, -2], a Qwen-Image-style VAE, the DPM-Solver++ flow scheduler and the
 InternVL-U processor) at any size, so an export of a fresh model loads with `InternVLUPipeline.from_pretrained`.
-Without `tokenizer_path` a small byte-level BPE tokenizer is trained in-process on the template strings; it is
-deterministic (same ids on every machine), needs no download and keeps the long Chinese system prompts short.
+Without `tokenizer_path` the project's small byte-level BPE (internvlu.embedded.tokenizer) is trained in-process on
+the template strings; it is deterministic (same ids on every machine), needs no download and keeps the long Chinese
+system prompts short.
 """
 
 from __future__ import annotations
@@ -15,32 +16,13 @@ from collections.abc import Callable
 
 import torch
 
-from internvlu.constants import (
-    IM_END_TOKEN,
-    IM_START_TOKEN,
-    SPECIAL_TOKEN_LIST,
-    TEMPLATE_SYSTEM_PROMPTS,
-    TEXT_DROPPED_PROMPT,
-    THINK_END_TOKEN,
-    THINK_START_TOKEN,
-    UNCOND_PROMPT,
-)
+from internvlu.constants import IM_END_TOKEN, IM_START_TOKEN, SPECIAL_TOKEN_LIST
 from internvlu.training.config import ModelArch, ModelConfig
 
 logger = logging.getLogger(__name__)
 
 PAD_TOKEN = "<|endoftext|>"
-# Qwen/InternVL order after the BPE vocabulary; <think>/</think> are ordinary added tokens as in Qwen3.
-ADDED_SPECIAL_TOKENS = (
-    PAD_TOKEN, IM_START_TOKEN, IM_END_TOKEN, "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>",
-    "</ref>", "<box>", "</box>", "<img_uncond>",
-)  # fmt: skip
-ADDED_PLAIN_TOKENS = (THINK_START_TOKEN, THINK_END_TOKEN)
 BUILTIN_BPE_VOCAB = 768
-# Qwen2 pre-tokenizer pattern (numbers split per digit).
-_QWEN_SPLIT = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 _CORPUS_WORDS = (
     "a an the of on in at to and with is are what which where how many color colour shape image picture background "
     "red orange yellow green blue purple pink brown black white gray light dark small medium large big circle square "
@@ -103,33 +85,17 @@ def arch_preset(name: str) -> ModelArch:
 
 
 def build_tokenizer():
-    """Deterministic byte-level BPE (Qwen2 pre-tokenizer) + the InternVL-U special tokens, as a transformers
-    fast tokenizer. Same ids on every run: the trainer's merge order depends only on the fixed corpus."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The project's tiny-model BPE (internvlu.embedded.tokenizer: Qwen2 pre-tokenizer, release special-token
+    layout) trained on the template strings plus a small English word list. Deterministic: the same ids on every
+    run and machine, so a fresh model and its export agree without a download."""
+    import tempfile
 
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
+    from internvlu.embedded.tokenizer import train_tokenizer
+
     words = _CORPUS_WORDS.split()
-    corpus = [*TEMPLATE_SYSTEM_PROMPTS.values()] * 20 + [UNCOND_PROMPT, TEXT_DROPPED_PROMPT] * 10
-    corpus += [" ".join(words[i : i + 8]) for i in range(0, len(words), 4)] * 5
-    corpus += [w.capitalize() + "." for w in words]
-    trainer = trainers.BpeTrainer(
-        vocab_size=BUILTIN_BPE_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ADDED_SPECIAL_TOKENS])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_PLAIN_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END_TOKEN, pad_token=PAD_TOKEN, padding_side="left", clean_up_tokenization_spaces=False
-    )
+    corpus = [" ".join(words[i : i + 8]) for i in range(0, len(words), 4)] * 5 + [w.capitalize() + "." for w in words]
+    with tempfile.TemporaryDirectory() as tmp:
+        return train_tokenizer(corpus, tmp, vocab_size=BUILTIN_BPE_VOCAB, template_repeats=20)
 
 
 def load_tokenizer(path: str):

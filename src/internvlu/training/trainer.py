@@ -126,6 +126,8 @@ class Trainer:
         self.out = Path(config.output_dir)
         self.device = self.env.device
         _setup_logging(self.out, self.env)
+        if config.train.num_threads is not None:
+            torch.set_num_threads(config.train.num_threads)
         torch.manual_seed(config.seed)
         self._check_batch_sizes()
         self._build_model()
@@ -300,7 +302,7 @@ class Trainer:
             sigma = torch.tensor([g.sigma for g in gen], dtype=torch.float32)
             noisy = noisy_latents(z, eps, sigma).to(dev)  # [K, C, H, W]
             target = velocity_target(z, eps).to(dev)
-            times = model_timesteps(sigma).to(dev)
+            times = model_timesteps(sigma, self.config.loss.discrete_timesteps).to(dev)
             fhw = [torch.tensor([[1, self.vit_grid, self.vit_grid]] * g.num_vit_images, dtype=torch.long).reshape(-1, 3).to(dev)
                    for g in gen]
             if any(g.refs for g in gen):

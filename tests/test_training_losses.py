@@ -1,0 +1,163 @@
+"""Loss conventions against the inference code: the scheduler's flow convention, the VLM's shifted CE, latents,
+and the training forward's options (activation checkpointing, sharding dummies) leaving gradients unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler
+
+from internvlu.pipeline import stages
+from internvlu.sampling.denoise import denoise
+from internvlu.training.batching import BatchBuilder
+from internvlu.training.config import DataConfig, LossConfig, ResolutionConfig
+from internvlu.training.dataset import MixtureSampler, TaskIndex
+from internvlu.training.latents import LatentEncoder
+from internvlu.training.losses import (
+    flow_loss_per_sample,
+    model_timesteps,
+    noisy_latents,
+    ntp_loss_sum,
+    sample_sigma,
+    shift_sigma,
+    velocity_target,
+)
+from internvlu.training.model_factory import RELEASED_SCHEDULER, build_fresh_pipeline, tiny_arch
+from internvlu.training.module import InternVLUForTraining
+from internvlu.training.parallelize import apply_activation_checkpointing
+from internvlu.training.toy_data import toy_samples
+from internvlu.training.trainer import Trainer, vit_grid_of
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(1)
+    return build_fresh_pipeline(tiny_arch(), seed=0)
+
+
+def test_an_exact_velocity_in_the_training_convention_denoises_with_the_inference_scheduler() -> None:
+    z = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    scheduler = DPMSolverMultistepScheduler(**RELEASED_SCHEDULER)
+    scheduler.set_timesteps(20)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor):
+        sigma = scheduler.sigmas[scheduler.step_index or 0]
+        # Training convention: x = (1 - s) z + s eps, v = eps - z  =>  v = (x - z) / s.
+        eps = (x - (1 - sigma) * z) / sigma
+        v = velocity_target(z, eps)
+        assert torch.allclose(noisy_latents(z, eps, sigma.expand(2)), x, atol=1e-5)
+        # The scheduler's integer timestep is what model_timesteps(sigma) gives the head in training.
+        assert int(t) == int(model_timesteps(sigma))
+        return v, v, v
+
+    noise = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = denoise(velocity, scheduler, noise, 4.5, 2.0)
+    assert torch.allclose(out, z, atol=1e-4)
+
+
+def test_training_sigmas_use_the_scheduler_shift() -> None:
+    scheduler = DPMSolverMultistepScheduler(**RELEASED_SCHEDULER)
+    scheduler.set_timesteps(20)
+    # The scheduler's flow sigmas: shift(1 - linspace(1, 1/1000, n + 1)), high to low, last one dropped.
+    expected = shift_sigma(1 - np.linspace(1, 1 / 1000, 21), 3.0)[::-1][:-1]
+    assert np.allclose(scheduler.sigmas[:-1].numpy(), expected, atol=1e-5)
+    rng = np.random.default_rng(0)
+    s = np.array([sample_sigma(rng, 0.0, 1.0, 3.0) for _ in range(20000)])
+    # P(sigma < shift(1/2)) = P(u < 0) = 1/2 for the logit-normal with mean 0.
+    assert np.mean(s < shift_sigma(0.5, 3.0)) == pytest.approx(0.5, abs=0.02)
+
+
+def test_ntp_loss_equals_the_vlm_shifted_cross_entropy(pipe) -> None:
+    vlm = pipe.vlm
+    ids = torch.randint(0, 700, (2, 9), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    labels[1, :7] = -100
+    mask = torch.ones_like(ids)
+    ref = vlm(ids, mask, labels=labels).loss
+    hidden = vlm.forward_hidden_states(ids, mask)[-1]
+    total, count = ntp_loss_sum(hidden, labels, vlm.language_model.lm_head)
+    assert count == (9 - 4) + (9 - 7)  # labelled positions after the shift
+    assert torch.allclose(total / count, ref, atol=1e-5)
+
+
+def test_flow_loss_ignores_the_padding_of_smaller_grids() -> None:
+    pred = torch.zeros(2, 16, 8, 12)
+    target = torch.zeros(2, 16, 8, 12)
+    target[1, :, :, 8:] = 100.0  # outside sample 1's 8x8 grid
+    target[0, :, 0, 0] = 1.0
+    losses = flow_loss_per_sample(pred, target, [(8, 12), (8, 8)])
+    assert losses[1] == 0 and losses[0] == pytest.approx(16 / (16 * 8 * 12))
+
+
+def test_latent_cache_returns_what_the_vae_gives(pipe, tmp_path: Path) -> None:
+    images = [torch.rand(3, 64, 64) * 2 - 1, torch.rand(3, 64, 96) * 2 - 1]
+    plain = LatentEncoder(pipe.vae, torch.device("cpu")).encode(images)
+    # Same normalisation as the pipeline's reference encoding.
+    assert torch.allclose(plain[0], stages.encode_references(pipe.vae, images[0][None])[0], atol=1e-5)
+    cached = LatentEncoder(pipe.vae, torch.device("cpu"), cache_dir=tmp_path)
+    first = cached.encode(images)
+    again = cached.encode(images)
+    assert cached.misses == 2 and cached.hits == 2
+    assert all(torch.allclose(a, b, atol=1e-6) and torch.equal(b, c) for a, b, c in zip(plain, first, again))
+    sampled = LatentEncoder(pipe.vae, torch.device("cpu"), sampling="sample").encode(images, seeds=[5, 6])
+    assert not torch.allclose(sampled[0], plain[0]) and sampled[1].shape == plain[1].shape
+
+
+def _micro_batch(pipe, seed: int = 0, weights: dict | None = None):
+    samples = toy_samples(2)
+    index = TaskIndex(samples)
+    weights = weights or {"t2i": 1, "edit": 1, "understanding": 1, "think": 1}
+    sampler = MixtureSampler(index.counts(), weights, seed=seed)
+    builder = BatchBuilder(pipe.processor, DataConfig(resolution=ResolutionConfig(size=64), use_reference_latents=True),
+                           LossConfig(), seed, vit_grid_of(pipe.vlm))  # fmt: skip
+    return builder.build(sampler.take(6), index)
+
+
+def _grads(pipe, batch, checkpointing: bool, keep_all: bool) -> dict[str, torch.Tensor]:
+    from internvlu.training.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.loss.ntp_weight = 1.0
+    module = InternVLUForTraining(pipe.vlm, pipe.generation_decoder, pipe.processor.token_ids(),
+                                  vit_grid_of(pipe.vlm), keep_all_modules=keep_all)  # fmt: skip
+    module.train()
+    if checkpointing:
+        apply_activation_checkpointing(module)
+    trainer = Trainer.__new__(Trainer)  # only prepare_inputs is needed: no data, no optimizer
+    trainer.config, trainer.device, trainer.vit_grid = cfg, torch.device("cpu"), vit_grid_of(pipe.vlm)
+    trainer.latents = LatentEncoder(pipe.vae, torch.device("cpu"))
+    inputs = trainer.prepare_inputs(batch)
+    module.zero_grad(set_to_none=True)
+    sums = module(inputs)
+    (sums.ntp_sum / max(sums.ntp_tokens, 1) + sums.flow_sum / max(sums.flow_samples, 1) + sums.aux).backward()
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_checkpointing_and_sharding_dummies_leave_gradients_unchanged(pipe) -> None:
+    batch = _micro_batch(pipe)
+    assert batch.num_ntp_tokens > 0 and batch.gen
+    fresh = lambda: build_fresh_pipeline(tiny_arch(), seed=0)  # noqa: E731  (identical weights every time)
+    base = _grads(fresh(), batch, checkpointing=False, keep_all=False)
+    ac = _grads(fresh(), batch, checkpointing=True, keep_all=False)
+    dummy = _grads(fresh(), batch, checkpointing=False, keep_all=True)
+    assert base.keys() == ac.keys()
+    for name, g in base.items():
+        assert torch.allclose(g, ac[name], atol=1e-6), name
+        assert torch.allclose(g, dummy[name], atol=1e-6), name
+
+
+def test_sharding_dummies_touch_unused_modules_with_zero_gradients(pipe) -> None:
+    batch = _micro_batch(pipe, weights={"understanding": 1})  # no generation row: the head is unused
+    assert not batch.gen
+    fresh = lambda: build_fresh_pipeline(tiny_arch(), seed=0)  # noqa: E731
+    base = _grads(fresh(), batch, checkpointing=False, keep_all=False)
+    dummy = _grads(fresh(), batch, checkpointing=False, keep_all=True)
+    head = [n for n in dummy if n.startswith("generation_decoder.decoder.")]
+    assert head and not any(n in base for n in head)
+    assert all(float(dummy[n].abs().max()) == 0.0 for n in head)  # every process joins the head's reductions
+    for name, g in base.items():
+        assert torch.allclose(g, dummy[name], atol=1e-6), name
