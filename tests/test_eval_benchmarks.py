@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import io
 import json
 import re
 import stat
@@ -583,3 +584,23 @@ def test_judge_client_retries_caches_and_bounds_concurrency(
         JudgeConfig(model="")
     assert parse_json_reply('noise ```json\n{"score": [1, 2],}\n``` tail') == {"score": [1, 2]}
     assert parse_json_reply("no json") is None
+
+
+def test_gedit_reads_parquet_style_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows as pyarrow returns them from the HF parquet files: images are {bytes, path} structs."""
+    from internvlu.evaluation.gedit import GEditBench, judge_size
+
+    buf = io.BytesIO()
+    shape_image((0, 200, 0), (96, 64)).save(buf, format="PNG")
+    rows = [
+        {"key": "a", "task_type": "tone_transfer", "instruction": "warmer", "instruction_language": "en",
+         "Intersection_exist": True, "input_image": {"bytes": buf.getvalue(), "path": None}},
+        {"key": "a", "task_type": "tone_transfer", "instruction": "暖色", "instruction_language": "cn",
+         "Intersection_exist": True, "input_image": {"bytes": buf.getvalue(), "path": None}},
+    ]  # fmt: skip
+    monkeypatch.setattr(GEditBench, "_rows", lambda self: rows)
+    items = GEditBench(tmp_path, {"language": "all"}).items()
+    assert [it.key for it in items] == ["en/a", "cn/a"] and items[0].images[0].size == (96, 64)
+    assert judge_size(96, 64) == (627, 418)  # ~512^2 pixels, aspect kept
+    with pytest.raises(ValueError, match="language"):
+        GEditBench(tmp_path, {"language": "de"}).items()

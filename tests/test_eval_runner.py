@@ -183,3 +183,39 @@ def test_bad_input_is_named() -> None:
         EvalSettings(num_images=0)
     with pytest.raises(ValueError, match="same size|share one size"):
         image_grid([Image.new("RGB", (4, 4)), Image.new("RGB", (5, 4))], 2)
+
+
+def test_every_eval_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="internvlu")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    eval_parser = parser._subparsers._group_actions[0].choices["eval"]
+    names = set(eval_parser._subparsers._group_actions[0].choices)
+    expected = {
+        "geneval",
+        "dpg",
+        "wise",
+        "imgedit",
+        "gedit",
+        "textedit",
+        "mme",
+        "mmmu",
+        "shapes",
+        "vlmevalkit",
+        "summary",
+    }
+    assert expected <= names
+    for name in sorted(names):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(["eval", name, "--help"])
+        assert info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_scoring_options_are_not_pinned(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = _parse(
+        ["eval", "geneval", "--model", str(CKPT), "--out", str(out), "--height", "32", "--width", "32"]
+    )
+    store_settings(out, build_settings(args, GenEval(None, limit=2)))
+    # Adding the official scorer's paths later does not count as different generation settings.
+    store_settings(out, build_settings(args, GenEval(None, {"scorer_repo": "/x", "results": "/y"}, limit=2)))
+    assert "scorer_repo" not in load_settings(out).options

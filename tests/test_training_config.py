@@ -46,7 +46,7 @@ def test_every_stage_has_a_tiny_variant_that_validates() -> None:
         full = get_recipe(stage)
         assert tiny.model.init == "fresh" and tiny.train.dtype == "float32"
         # The tiny variant keeps the recipe's structure: what trains, mixture, loss weights.
-        assert tiny.model.trainable == full.model.trainable
+        assert tiny.model.trainable == full.model.trainable and tiny.lora.targets == full.lora.targets
         assert tiny.data.task_weights == full.data.task_weights
         assert (tiny.loss.ntp_weight, tiny.loss.flow_weight) == (full.loss.ntp_weight, full.loss.flow_weight)
     with pytest.raises(ValueError, match="model.path"):

@@ -133,6 +133,7 @@ def test_a_model_trained_this_way_denoises_with_the_inference_pipeline(tmp_path:
         return float((seen["z"] - z).norm() / z.norm())
 
     trained, untrained = generated_error(out / "export"), generated_error(tmp_path / "untrained")
+    print(f"relative latent error: trained {trained:.3f}, untrained {untrained:.3f}")
     assert trained < 1.0, (trained, untrained)  # closer than the zero latent
     assert trained < 0.3 * untrained, (trained, untrained)
 
@@ -181,9 +182,8 @@ def test_lora_trains_adapters_only_and_merges_into_the_official_keys(tmp_path: P
     assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
     assert any(n.startswith("vlm.language_model.") for n in trained)
     assert any(n.startswith("generation_decoder.decoder.") for n in trained)
-    assert len(trainer.optimizer.state_dict()["param_groups"][0]["params"]) + len(
-        trainer.optimizer.state_dict()["param_groups"][-1]["params"]
-    ) >= len(trained) // 2  # frozen weights hold no optimizer state
+    # Frozen weights are not handed to the optimizer, so they never get AdamW state.
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(trained)
     result = trainer.train()
     assert set(_weights(result.checkpoint)) == trained  # checkpoints hold the adapters only
     merged = InternVLUPipeline.from_pretrained(out / "export", torch_dtype=torch.float32)

@@ -23,7 +23,7 @@ from internvlu.evaluation.runner import (
     run_benchmark,
     score_benchmark,
 )
-from internvlu.evaluation.settings import EvalSettings, model_fingerprint
+from internvlu.evaluation.settings import EvalSettings, make_settings, model_fingerprint
 from internvlu.evaluation.shapes import OraclePipeline, build_shapes_tasks, evaluate_shapes
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "build_shapes_tasks",
     "evaluate_shapes",
     "get_benchmark",
+    "make_settings",
     "model_fingerprint",
     "run_benchmark",
     "score_benchmark",

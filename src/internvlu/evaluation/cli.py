@@ -191,12 +191,6 @@ def resolve_model(model: str | None) -> str:
     return str(path)
 
 
-def checkpoint_size(model: str) -> tuple[int, int]:
-    """The checkpoint's default generation size (generation_decoder/config.json)."""
-    config = json.loads((Path(model) / "generation_decoder" / "config.json").read_text(encoding="utf-8"))
-    return int(config.get("gen_image_height", 512)), int(config.get("gen_image_width", 512))
-
-
 def parse_options(pairs: list[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -208,46 +202,25 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def build_settings(args: argparse.Namespace, bench: Any) -> Any:
-    """Resolve every setting (no None guidance, a concrete size for T2I) and the provenance record."""
-    from internvlu.evaluation.settings import EvalSettings, data_hashes, library_versions, model_fingerprint
-    from internvlu.pipeline.pipeline import IMAGE_GUIDANCE, THINK_GUIDANCE
+    """Resolve the CLI's settings (see :func:`internvlu.evaluation.settings.make_settings`)."""
+    from internvlu.evaluation.settings import make_settings
 
-    model = resolve_model(args.model)
-    fingerprint = model_fingerprint(model)
-    device = args.device or default_device()
-    height, width = args.height, args.width
-    if (height is None) != (width is None):
-        raise ValueError(f"give both --height and --width or neither, got {height} x {width}")
-    if bench.kind == "t2i" and height is None:
-        height, width = checkpoint_size(model)
-    guidance = THINK_GUIDANCE if args.think else IMAGE_GUIDANCE
-    options = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in bench.options.items() if k not in bench.SCORING_OPTIONS
-    }
-    if bench.limit is not None:
-        options["limit"] = bench.limit
-    return EvalSettings(
-        benchmark=bench.name,
-        model=model,
-        model_sha256=fingerprint["sha256"],
-        model_fingerprint=fingerprint,
+    return make_settings(
+        bench,
+        resolve_model(args.model),
         seed=args.seed,
-        num_images=args.num_images or bench.default_num_images,
+        num_images=args.num_images,
         num_inference_steps=args.steps,
-        all_cfg_scale=guidance[0] if args.cfg is None else args.cfg,
-        part_cfg_scale=guidance[1] if args.part_cfg is None else args.part_cfg,
+        all_cfg_scale=args.cfg,
+        part_cfg_scale=args.part_cfg,
         think=bool(args.think),
         max_thought_tokens=args.max_thought_tokens,
-        height=height,
-        width=width,
+        height=args.height,
+        width=args.width,
         max_new_tokens=args.max_new_tokens,
         prompt_rewriting=args.prompt_rewriting,
-        data=data_hashes(bench.data_files()),
-        options=options,
-        judge={},
-        device=device,
-        dtype=args.dtype or ("float32" if device == "cpu" else "bfloat16"),
-        libraries=library_versions(),
+        device=args.device or default_device(),
+        dtype=args.dtype,
     )
 
 
@@ -347,7 +320,9 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     judge = make_judge(args, out)
     if judge is not None:
         settings.judge = judge.config.record()
-    settings.scoring = {k: str(bench.options[k]) for k in bench.SCORING_OPTIONS if bench.options.get(k) is not None}
+    settings.scoring = {
+        k: str(bench.options[k]) for k in bench.SCORING_OPTIONS if bench.options.get(k) is not None
+    }
     summary = score_benchmark(bench, out, settings, judge=judge)
     if args.json:
         print(

@@ -25,7 +25,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -363,7 +363,7 @@ def run_benchmark(
     Args:
         pipe: an ``InternVLUPipeline`` (or anything with its typed ``chat``/``generate``/``edit``), or a
             zero-argument callable returning one: it is only called when there is work left.
-        settings: resolved settings (see :func:`internvlu.evaluation.cli.build_settings`).
+        settings: resolved settings (:func:`internvlu.evaluation.settings.make_settings`).
         shard: (i, n): this process takes items with ``index % n == i``.
         batch_size: understanding prompts per model call.
     """
@@ -449,8 +449,3 @@ def score_benchmark(
         lines += [summary["table"] or json.dumps(scores, indent=2)]
     write_text_atomic(out / SUMMARY_MD, "\n".join(lines) + "\n")
     return summary
-
-
-def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]

@@ -226,6 +226,80 @@ def data_hashes(paths: list[Path]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Resolving
+# --------------------------------------------------------------------------------------------------
+
+
+def checkpoint_size(model: str | os.PathLike[str]) -> tuple[int, int]:
+    """The checkpoint's default generation size (generation_decoder/config.json)."""
+    config = json.loads((Path(model) / "generation_decoder" / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("gen_image_height", 512)), int(config.get("gen_image_width", 512))
+
+
+def make_settings(
+    bench: Any,
+    model: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    num_images: int | None = None,
+    num_inference_steps: int = 20,
+    all_cfg_scale: float | None = None,
+    part_cfg_scale: float | None = None,
+    think: bool = False,
+    max_thought_tokens: int = 200,
+    height: int | None = None,
+    width: int | None = None,
+    max_new_tokens: int = 1024,
+    prompt_rewriting: str = "none",
+    device: str = "cpu",
+    dtype: str | None = None,
+) -> EvalSettings:
+    """Resolved settings for running `bench` with the checkpoint folder `model`.
+
+    Guidance defaults are the pipeline's (4.5 / 2.0; think 3.5 / 1.5), T2I sizes default to the
+    checkpoint's ``gen_image_height/width``, images per prompt to the benchmark's protocol, and the
+    provenance (fingerprint, data hashes, library versions) is filled in.
+    """
+    from internvlu.pipeline.pipeline import IMAGE_GUIDANCE, THINK_GUIDANCE
+
+    fingerprint = model_fingerprint(model)
+    if (height is None) != (width is None):
+        raise ValueError(f"give both height and width or neither, got {height} x {width}")
+    if bench.kind == "t2i" and height is None:
+        height, width = checkpoint_size(model)
+    guidance = THINK_GUIDANCE if think else IMAGE_GUIDANCE
+    options = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in bench.options.items()
+        if k not in bench.SCORING_OPTIONS
+    }
+    if bench.limit is not None:
+        options["limit"] = bench.limit
+    return EvalSettings(
+        benchmark=bench.name,
+        model=str(model),
+        model_sha256=fingerprint["sha256"],
+        model_fingerprint=fingerprint,
+        seed=seed,
+        num_images=num_images or bench.default_num_images,
+        num_inference_steps=num_inference_steps,
+        all_cfg_scale=guidance[0] if all_cfg_scale is None else float(all_cfg_scale),
+        part_cfg_scale=guidance[1] if part_cfg_scale is None else float(part_cfg_scale),
+        think=bool(think),
+        max_thought_tokens=max_thought_tokens,
+        height=height,
+        width=width,
+        max_new_tokens=max_new_tokens,
+        prompt_rewriting=prompt_rewriting,
+        data=data_hashes(bench.data_files()),
+        options=options,
+        device=device,
+        dtype=dtype or ("float32" if device == "cpu" else "bfloat16"),
+        libraries=library_versions(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # Reading / writing
 # --------------------------------------------------------------------------------------------------
 

@@ -87,7 +87,9 @@ class ModelConfig:
         trainable / frozen: module-path prefixes of the training module (`vlm`, `vlm.vision_model`,
             `vlm.language_model`, `vlm.mlp1`, `vlm.special_token_embedding`, `generation_decoder`, ...); a
             parameter trains when it matches a `trainable` prefix and no `frozen` prefix. Frozen parameters get no
-            optimizer state. With LoRA enabled only the adapters train.
+            optimizer state. With LoRA, the adapters always train and the base weights of the adapted components
+            (`vlm.language_model` for "llm", `generation_decoder.decoder` for "dit") are frozen; `trainable` may
+            then be empty (adapters only) or name other parts to train fully.
     """
 
     init: Literal["pretrained", "fresh"] = "fresh"
@@ -101,8 +103,6 @@ class ModelConfig:
     def validate(self) -> None:
         if self.init == "pretrained" and not self.path:
             raise ValueError("model.init='pretrained' needs model.path=<checkpoint folder in the official layout>")
-        if not self.trainable:
-            raise ValueError("model.trainable is empty: nothing would be trained")
 
 
 @dataclasses.dataclass
@@ -383,6 +383,8 @@ class TrainConfig:
             check = getattr(section, "validate", None)
             if callable(check) and section is not self:
                 check()
+        if not self.model.trainable and not self.lora.targets:
+            raise ValueError("model.trainable is empty and no LoRA target is set: nothing would be trained")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -125,6 +125,7 @@ def stage3_lora() -> TrainConfig:
     """Stage 3 with LoRA (rank 64) on the LLM and the MMDiT head instead of full fine-tuning, 1e-4."""
     cfg = stage3()
     cfg.output_dir = "runs/stage3-lora"
+    cfg.model.trainable = []  # adapters only
     cfg.lora.targets = ["llm", "dit"]
     cfg.lora.rank, cfg.lora.alpha = 64, 64.0
     cfg.optim.lr = 1e-4

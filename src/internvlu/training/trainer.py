@@ -83,6 +83,8 @@ def select_trainable(module: nn.Module, trainable: Sequence[str], frozen: Sequen
         return any(name == p or name.startswith(p + ".") for p in prefixes)
 
     names = [n for n, _ in module.named_parameters()]
+    if not names:
+        raise ValueError("the training module has no parameters")
     for prefix in (*trainable, *frozen):
         if not any(matches(n, [prefix]) for n in names):
             raise ValueError(f"model.trainable/frozen prefix {prefix!r} matches no parameter (e.g. {names[0]!r})")
