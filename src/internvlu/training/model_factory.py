@@ -51,7 +51,7 @@ def tiny_arch() -> ModelArch:
 
 
 def mid_arch() -> ModelArch:
-    """A research-size model (~60M parameters): 224 px ViT (64 image tokens), 512-wide LLM and head."""
+    """A research-size model (~92M parameters): 224 px ViT (64 image tokens), 512-wide LLM and head."""
     return ModelArch(
         vit_image_size=224, vit_patch_size=14, vit_hidden=256, vit_layers=4, vit_heads=4, vit_mlp=1024,
         llm_hidden=512, llm_layers=8, llm_heads=8, llm_kv_heads=4, llm_head_dim=64, llm_mlp=1536,

@@ -177,12 +177,17 @@ class Trainer:
         module.to(self.device)
         dtype = DTYPES[cfg.train.dtype]
         # The frozen VAE runs in the training dtype; the fp32 master weights of the trained parts stay fp32.
-        self.pipe.vae.to(self.device, dtype)
+        self.pipe.vae.to(self.device)
+        if dtype != torch.float32:
+            self.pipe.vae.to(dtype=dtype)
         if cfg.parallel.activation_checkpointing:
             apply_activation_checkpointing(module)
         if cfg.parallel.compile:
             apply_compile(module)
         fsdp = cfg.parallel.fsdp == "always" or (cfg.parallel.fsdp == "auto" and self.env.distributed)
+        if self.env.distributed and not fsdp:
+            # Without FSDP nothing would synchronise the gradients of the processes.
+            raise ValueError("training with several processes needs parallel.fsdp=auto or always, not 'never'")
         if fsdp:
             if self.env.mesh is None:
                 raise ValueError("parallel.fsdp='always' needs a launcher (torchrun) to create the process group")
@@ -514,23 +519,30 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     return out
 
 
+_FILE_HANDLER: logging.Handler | None = None
+
+
 def _setup_logging(out: Path, env: DistEnv) -> None:
+    """Log to stderr (rank 0: INFO, others: WARNING) and, on rank 0, to OUTPUT/train.log of the current run."""
+    global _FILE_HANDLER
     log = logging.getLogger("internvlu")
-    if getattr(log, "_internvlu_training_handlers", False):
-        return
-    log.setLevel(logging.INFO)
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setLevel(logging.INFO if env.is_main else logging.WARNING)
     fmt = logging.Formatter(f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    stream.setFormatter(fmt)
-    log.addHandler(stream)
+    if not getattr(log, "_internvlu_training_handlers", False):
+        log.setLevel(logging.INFO)
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setLevel(logging.INFO if env.is_main else logging.WARNING)
+        stream.setFormatter(fmt)
+        log.addHandler(stream)
+        log._internvlu_training_handlers = True  # type: ignore[attr-defined]
+    if _FILE_HANDLER is not None:  # a previous run in this process (Python API, tests)
+        log.removeHandler(_FILE_HANDLER)
+        _FILE_HANDLER.close()
+        _FILE_HANDLER = None
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(out / "train.log", encoding="utf-8")
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
-    log.propagate = False
-    log._internvlu_training_handlers = True  # type: ignore[attr-defined]
+        _FILE_HANDLER = logging.FileHandler(out / "train.log", encoding="utf-8")
+        _FILE_HANDLER.setFormatter(fmt)
+        log.addHandler(_FILE_HANDLER)
 
 
 def train(config: TrainConfig) -> TrainResult:
