@@ -26,7 +26,9 @@ import torch
 SIZES = {"tiny": 64, "mid": 256}
 
 
-def bench(size: str, steps: int, batch: int, micro: int, dtype: str, checkpointing: bool, compile_: bool) -> dict:
+def bench(
+    size: str, steps: int, batch: int, micro: int, dtype: str, checkpointing: bool, compile_: bool
+) -> dict:
     from internvlu.training.cli import resolve_config
     from internvlu.training.trainer import Trainer
 
@@ -70,9 +72,13 @@ def bench(size: str, steps: int, batch: int, micro: int, dtype: str, checkpointi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="tiny,mid", help="comma-separated: tiny, mid")
-    parser.add_argument("--steps", type=int, default=3, help="measured steps per size (after one warm-up step)")
+    parser.add_argument(
+        "--steps", type=int, default=3, help="measured steps per size (after one warm-up step)"
+    )
     parser.add_argument("--batch", type=int, default=4, help="global batch size")
-    parser.add_argument("--micro", type=int, default=None, help="micro-batch per process (default: batch / processes)")
+    parser.add_argument(
+        "--micro", type=int, default=None, help="micro-batch per process (default: batch / processes)"
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     parser.add_argument("--compile", action="store_true", help="torch.compile every block")

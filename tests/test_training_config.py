@@ -21,16 +21,35 @@ def test_stage_recipes_carry_the_paper_values() -> None:
     assert s1.data.task_weights == {"t2i": 4.0, "edit": 1.0}
     assert s2.data.task_weights == {"t2i": 3.0, "edit": 4.0}
     assert s3.data.task_weights == {"t2i": 1.0, "edit": 1.0, "understanding": 2.0, "think": 1.0}
-    assert (s1.optim.lr, s1.optim.schedule, s1.optim.clip_grad_norm, s1.optim.weight_decay) == (3e-4, "constant", 0.2, 0.0)
+    assert (s1.optim.lr, s1.optim.schedule, s1.optim.clip_grad_norm, s1.optim.weight_decay) == (
+        3e-4,
+        "constant",
+        0.2,
+        0.0,
+    )
     assert (s2.optim.lr, s2.optim.schedule, s2.optim.clip_grad_norm) == (1e-4, "cosine", 0.2)
-    assert (s3.optim.lr, s3.optim.schedule, s3.optim.clip_grad_norm, s3.optim.weight_decay) == (1e-5, "cosine", 1.0, 0.01)
+    assert (s3.optim.lr, s3.optim.schedule, s3.optim.clip_grad_norm, s3.optim.weight_decay) == (
+        1e-5,
+        "cosine",
+        1.0,
+        0.01,
+    )
     assert all(c.optim.warmup_steps == 1000 and c.optim.betas == [0.9, 0.999] for c in (s1, s2, s3))
     assert (s1.loss.ntp_weight, s1.loss.flow_weight) == (0.0, 1.0)
     assert (s3.loss.ntp_weight, s3.loss.flow_weight) == (1.0, 20.0)
-    assert all(c.loss.flow_shift == 3.0 and c.loss.logit_mean == 0.0 and c.loss.logit_std == 1.0 for c in (s1, s2, s3))
+    assert all(
+        c.loss.flow_shift == 3.0 and c.loss.logit_mean == 0.0 and c.loss.logit_std == 1.0
+        for c in (s1, s2, s3)
+    )
     assert s1.data.resolution.mode == "fixed" and s1.data.resolution.size == 512
     res = s2.data.resolution
-    assert (res.mode, min(res.levels), max(res.levels), res.min_aspect, res.max_aspect) == ("buckets", 512, 1024, 0.5, 2.0)
+    assert (res.mode, min(res.levels), max(res.levels), res.min_aspect, res.max_aspect) == (
+        "buckets",
+        512,
+        1024,
+        0.5,
+        2.0,
+    )
     assert not s1.data.use_reference_latents and s2.data.use_reference_latents
     d = s1.data.drop
     assert (d.t2i_all, d.edit_all, d.edit_text) == (0.10, 0.05, 0.05)

@@ -77,14 +77,18 @@ def test_think_rows_supervise_the_thought_and_the_closing_img(processor, toy) ->
     assert row.input_ids[-1] == processor.token_ids()["<img>"]
     # The conditioning span runs from the user turn through the thought to the final <img>.
     ids = torch.tensor([row.input_ids])
-    (start, end), = stages.conditioning_spans(ids, torch.ones_like(ids), processor.token_ids()["<|im_start|>"],
-                                               processor.token_ids()["<img>"])
+    ((start, end),) = stages.conditioning_spans(
+        ids, torch.ones_like(ids), processor.token_ids()["<|im_start|>"], processor.token_ids()["<img>"]
+    )
     assert end == len(row.input_ids) - 1 and tok.decode(row.input_ids[start:]).startswith("<|im_start|>user")
     # Dropped think rows are the plain image-mode guidance rows (inference never shows them the thought).
     img_proc = processor(sample.prompt, generation_mode="image", height=64, width=64)
     for drop in (DropCond.TEXT, DropCond.ALL):
         dropped = render_sample(sample, drop, processor)
-        assert dropped.input_ids == img_proc.input_ids[ROW[drop]][img_proc.attention_mask[ROW[drop]].bool()].tolist()
+        assert (
+            dropped.input_ids
+            == img_proc.input_ids[ROW[drop]][img_proc.attention_mask[ROW[drop]].bool()].tolist()
+        )
         assert all(lab == IGNORE_INDEX for lab in dropped.labels)
 
 
@@ -97,10 +101,15 @@ def test_understanding_labels_cover_assistant_turns_only(processor, toy) -> None
     # Segment-wise tokenisation equals tokenising the whole conversation string.
     assert tok(tok.decode(row.input_ids))["input_ids"] == row.input_ids
     # The first turn is exactly the inference text-mode prompt.
-    proc = processor(sample.messages[0].content, image=[[r.load() for r in sample.images]], generation_mode="text")
+    proc = processor(
+        sample.messages[0].content, image=[[r.load() for r in sample.images]], generation_mode="text"
+    )
     first = proc.input_ids[0][proc.attention_mask[0].bool()].tolist()
     assert row.input_ids[: len(first)] == first
-    assert row.num_images == 1 and row.input_ids.count(processor.token_ids()["<IMG_CONTEXT>"]) == processor.image_seq_length
+    assert (
+        row.num_images == 1
+        and row.input_ids.count(processor.token_ids()["<IMG_CONTEXT>"]) == processor.image_seq_length
+    )
 
 
 def test_condition_dropout_rates_and_kinds(toy) -> None:
@@ -115,18 +124,24 @@ def test_condition_dropout_rates_and_kinds(toy) -> None:
 
 
 def test_builder_decisions_follow_the_configured_rates(processor, toy) -> None:
-    builder = BatchBuilder(processor, DataConfig(), LossConfig(), seed=3, vit_grid=2)
+    builder = BatchBuilder(processor, DataConfig(), LossConfig(), seed=3)
     t2i = _by_task(toy, "t2i")
     drops = Counter(builder.decisions(t2i, i)[0] for i in range(4000))
     assert drops[DropCond.ALL] / 4000 == pytest.approx(0.10, abs=0.02)
     sigmas = torch.tensor([builder.decisions(t2i, i)[1] for i in range(4000)])
     # logit-normal + shift 3: median sigma = shift(0.5) = 0.75
-    assert float(sigmas.median()) == pytest.approx(0.75, abs=0.03) and 0 < float(sigmas.min()) and float(sigmas.max()) < 1
+    assert (
+        float(sigmas.median()) == pytest.approx(0.75, abs=0.03)
+        and 0 < float(sigmas.min())
+        and float(sigmas.max()) < 1
+    )
     assert builder.decisions(t2i, 7) == builder.decisions(t2i, 7)  # a pure function of (seed, index)
 
 
 def test_aspect_buckets() -> None:
-    res = ResolutionConfig(mode="buckets", levels=[512, 768, 1024], min_aspect=0.5, max_aspect=2.0, num_aspects=9)
+    res = ResolutionConfig(
+        mode="buckets", levels=[512, 768, 1024], min_aspect=0.5, max_aspect=2.0, num_aspects=9
+    )
     for level, sizes in bucket_sizes(res).items():
         for h, w in sizes:
             assert h % 16 == 0 and w % 16 == 0
@@ -145,7 +160,7 @@ def test_batches_hold_right_padded_rows_pixels_and_generation_items(processor, t
     index = TaskIndex(toy)
     sampler = MixtureSampler(index.counts(), {"t2i": 1, "edit": 1, "understanding": 1, "think": 1}, seed=0)
     data = DataConfig(use_reference_latents=True, resolution=ResolutionConfig(mode="fixed", size=64))
-    builder = BatchBuilder(processor, data, LossConfig(), seed=0, vit_grid=2)
+    builder = BatchBuilder(processor, data, LossConfig(), seed=0)
     batch = builder.build(sampler.take(12), index)
     assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape
     lengths = batch.attention_mask.sum(1)
@@ -157,7 +172,10 @@ def test_batches_hold_right_padded_rows_pixels_and_generation_items(processor, t
     gen_tasks = [t for t in batch.tasks if t != "understanding"]
     assert len(batch.gen) == len(gen_tasks)
     for item in batch.gen:
-        assert item.target.shape == (3, 64, 64) and -1.0 <= float(item.target.min()) <= float(item.target.max()) <= 1.0
+        assert (
+            item.target.shape == (3, 64, 64)
+            and -1.0 <= float(item.target.min()) <= float(item.target.max()) <= 1.0
+        )
         assert len(item.refs) == (item.num_vit_images if batch.tasks[item.row] != "t2i" else 0)
 
 
@@ -183,7 +201,9 @@ def _solid(rgb: tuple[int, int, int]) -> Image.Image:
     return Image.new("RGB", (64, 64), rgb)
 
 
-def test_bad_records_are_counted_located_and_bounded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_records_are_counted_located_and_bounded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     good = [Sample(id=f"g{i}", task="t2i", prompt="a red square", target=ImageRef.from_image("t", _solid((200, 0, 0))))
             for i in range(6)]  # fmt: skip
     write_jsonl(good, tmp_path / "train.jsonl")
@@ -219,7 +239,9 @@ def test_an_image_that_fails_late_is_counted_and_replaced(tmp_path: Path, proces
     loaded, tracker = load_index([str(tmp_path / "d.jsonl")], check_images=False, max_bad_fraction=0.5)
     loaded[0].target.path.write_bytes(b"\x89PNG broken")  # corrupt after indexing
     index = TaskIndex(loaded)
-    builder = BatchBuilder(processor, DataConfig(resolution=ResolutionConfig(size=64)), LossConfig(), 0, 2, tracker=tracker)
+    builder = BatchBuilder(
+        processor, DataConfig(resolution=ResolutionConfig(size=64)), LossConfig(), 0, tracker=tracker
+    )
     from internvlu.training.dataset import PlannedSample
 
     batch = builder.build([PlannedSample(index=0, task="t2i", record=0)], index)

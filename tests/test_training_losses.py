@@ -11,6 +11,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from internvlu.pipeline import stages
+from internvlu.presets import RELEASED_SCHEDULER_CONFIG
 from internvlu.sampling.denoise import denoise
 from internvlu.training.batching import BatchBuilder
 from internvlu.training.config import DataConfig, LossConfig, ResolutionConfig
@@ -25,7 +26,7 @@ from internvlu.training.losses import (
     shift_sigma,
     velocity_target,
 )
-from internvlu.training.model_factory import RELEASED_SCHEDULER, build_fresh_pipeline, tiny_arch
+from internvlu.training.model_factory import build_fresh_pipeline, tiny_arch
 from internvlu.training.module import InternVLUForTraining
 from internvlu.training.parallelize import apply_activation_checkpointing
 from internvlu.training.toy_data import toy_samples
@@ -34,13 +35,15 @@ from internvlu.training.trainer import Trainer, vit_grid_of
 
 @pytest.fixture(scope="module")
 def pipe():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return build_fresh_pipeline(tiny_arch(), seed=0)
+    yield build_fresh_pipeline(tiny_arch(), seed=0)
+    torch.set_num_threads(threads)
 
 
 def test_an_exact_velocity_in_the_training_convention_denoises_with_the_inference_scheduler() -> None:
     z = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
-    scheduler = DPMSolverMultistepScheduler(**RELEASED_SCHEDULER)
+    scheduler = DPMSolverMultistepScheduler(**RELEASED_SCHEDULER_CONFIG)
     scheduler.set_timesteps(20)
 
     def velocity(x: torch.Tensor, t: torch.Tensor):
@@ -59,7 +62,7 @@ def test_an_exact_velocity_in_the_training_convention_denoises_with_the_inferenc
 
 
 def test_training_sigmas_use_the_scheduler_shift() -> None:
-    scheduler = DPMSolverMultistepScheduler(**RELEASED_SCHEDULER)
+    scheduler = DPMSolverMultistepScheduler(**RELEASED_SCHEDULER_CONFIG)
     scheduler.set_timesteps(20)
     # The scheduler's flow sigmas: shift(1 - linspace(1, 1/1000, n + 1)), high to low, last one dropped.
     expected = shift_sigma(1 - np.linspace(1, 1 / 1000, 21), 3.0)[::-1][:-1]
@@ -113,7 +116,7 @@ def _micro_batch(pipe, seed: int = 0, weights: dict | None = None):
     weights = weights or {"t2i": 1, "edit": 1, "understanding": 1, "think": 1}
     sampler = MixtureSampler(index.counts(), weights, seed=seed)
     builder = BatchBuilder(pipe.processor, DataConfig(resolution=ResolutionConfig(size=64), use_reference_latents=True),
-                           LossConfig(), seed, vit_grid_of(pipe.vlm))  # fmt: skip
+                           LossConfig(), seed)  # fmt: skip
     return builder.build(sampler.take(6), index)
 
 
@@ -140,7 +143,7 @@ def _grads(pipe, batch, checkpointing: bool, keep_all: bool) -> dict[str, torch.
 def test_checkpointing_and_sharding_dummies_leave_gradients_unchanged(pipe) -> None:
     batch = _micro_batch(pipe)
     assert batch.num_ntp_tokens > 0 and batch.gen
-    fresh = lambda: build_fresh_pipeline(tiny_arch(), seed=0)  # noqa: E731  (identical weights every time)
+    fresh = lambda: build_fresh_pipeline(tiny_arch(), seed=0)
     base = _grads(fresh(), batch, checkpointing=False, keep_all=False)
     ac = _grads(fresh(), batch, checkpointing=True, keep_all=False)
     dummy = _grads(fresh(), batch, checkpointing=False, keep_all=True)
@@ -153,7 +156,7 @@ def test_checkpointing_and_sharding_dummies_leave_gradients_unchanged(pipe) -> N
 def test_sharding_dummies_touch_unused_modules_with_zero_gradients(pipe) -> None:
     batch = _micro_batch(pipe, weights={"understanding": 1})  # no generation row: the head is unused
     assert not batch.gen
-    fresh = lambda: build_fresh_pipeline(tiny_arch(), seed=0)  # noqa: E731
+    fresh = lambda: build_fresh_pipeline(tiny_arch(), seed=0)
     base = _grads(fresh(), batch, checkpointing=False, keep_all=False)
     dummy = _grads(fresh(), batch, checkpointing=False, keep_all=True)
     head = [n for n in dummy if n.startswith("generation_decoder.decoder.")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 import internvlu.pipeline.pipeline as pipeline_module
 from internvlu import InternVLUPipeline
+from internvlu.cli import main
 from internvlu.data import ImageRef, Sample, write_jsonl
 from internvlu.pipeline import stages
 from internvlu.training.batching import generation_pixels
@@ -30,7 +32,9 @@ from internvlu.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # Equivalence tolerances (fp32; differences come only from the order of floating-point sums).
-WEIGHT_ATOL = 2e-5  # max |w_a - w_b| over all trained weights (observed ~2e-6); an Adam step moves weights ~lr=1e-3
+WEIGHT_ATOL = (
+    2e-5  # max |w_a - w_b| over all trained weights (observed ~2e-6); an Adam step moves weights ~lr=1e-3
+)
 LOSS_RTOL = 1e-5  # per-step total loss (observed ~1e-7)
 SUBPROCESS_TIMEOUT = 600
 
@@ -45,17 +49,27 @@ def one_thread():
 
 
 def _config(recipe: str, out: Path, *overrides: str):
-    return resolve_config(recipe, [f"output_dir={out}", "logging.progress=false", "train.num_threads=1", *overrides])
+    return resolve_config(
+        recipe, [f"output_dir={out}", "logging.progress=false", "train.num_threads=1", *overrides]
+    )
 
 
-def _run_cli(args: list[str], nproc: int = 1, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_cli(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
         cmd = [sys.executable, "-m", "internvlu", "train", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29500 + os.getpid() % 500), "-m", "internvlu", "train", *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(_free_port()), "-m", "internvlu", "train", *args]  # fmt: skip
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, check=False
+    )
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -73,7 +87,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def test_tiny_recipe_lowers_both_losses_and_exports_a_working_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = Trainer(_config("tiny", out, "train.steps=30", "checkpoint.every=10", "checkpoint.keep_last=2")).train()
+    result = Trainer(
+        _config("tiny", out, "train.steps=30", "checkpoint.every=10", "checkpoint.keep_last=2")
+    ).train()
     hist = result.history
     ntp = [r["loss_ntp"] for r in hist if r["loss_ntp"] is not None]
     flow = [r["loss_flow"] for r in hist if r["loss_flow"] is not None]
@@ -81,9 +97,15 @@ def test_tiny_recipe_lowers_both_losses_and_exports_a_working_checkpoint(tmp_pat
     assert np.mean(flow[-5:]) < 0.9 * np.mean(flow[:3]), flow
     # Observability and checkpoint rotation.
     assert [r["step"] for r in _metrics(out)] == list(range(1, 31))
-    assert {"loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "peak_mem_mb"} <= set(_metrics(out)[0])
+    assert {"loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "peak_mem_mb"} <= set(
+        _metrics(out)[0]
+    )
     assert Image.open(out / "loss_curve.png").size[0] > 100
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-00000020", "step-00000030"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000020",
+        "step-00000030",
+    ]
     # The export is an official-layout folder: it loads, draws and answers.
     pipe = InternVLUPipeline.from_pretrained(out / "export", torch_dtype=torch.float32)
     image = pipe.generate("A red circle on a white background.", height=64, width=64, num_inference_steps=3,
@@ -116,7 +138,9 @@ def test_a_model_trained_this_way_denoises_with_the_inference_pipeline(tmp_path:
 
     def generated_error(folder: Path) -> float:
         pipe = InternVLUPipeline.from_pretrained(folder, torch_dtype=torch.float32)
-        z = stages.encode_references(pipe.vae, generation_pixels(target, pipe.processor.generation_processor)[None])
+        z = stages.encode_references(
+            pipe.vae, generation_pixels(target, pipe.processor.generation_processor)[None]
+        )
         seen = {}
         decode = stages.decode_latents
 
@@ -150,7 +174,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     losses_one = [r["loss"] for r in _metrics(one)]
     losses_two = [r["loss"] for r in _metrics(two)]
     assert np.allclose(losses_two, losses_one, rtol=LOSS_RTOL, atol=0), (losses_one, losses_two)
-    diff = _max_diff(_weights(one / "checkpoints" / "step-00000004"), _weights(two / "checkpoints" / "step-00000004"))
+    diff = _max_diff(
+        _weights(one / "checkpoints" / "step-00000004"), _weights(two / "checkpoints" / "step-00000004")
+    )
     assert diff < WEIGHT_ATOL, diff
 
 
@@ -159,7 +185,9 @@ def test_sigkill_while_checkpointing_then_resume_ends_with_the_same_weights(tmp_
               "train.num_threads=1"]  # fmt: skip
     killed = tmp_path / "killed"
     # The process SIGKILLs itself after writing the weights of the step-6 checkpoint, before renaming it.
-    proc = _run_cli(["--recipe", "tiny", f"output_dir={killed}", "debug.kill_during_checkpoint_at_step=6", *common])
+    proc = _run_cli(
+        ["--recipe", "tiny", f"output_dir={killed}", "debug.kill_during_checkpoint_at_step=6", *common]
+    )
     assert proc.returncode == -9, (proc.returncode, proc.stderr[-3000:])
     ckpts = killed / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-00000003"  # never points at the broken save
@@ -167,12 +195,15 @@ def test_sigkill_while_checkpointing_then_resume_ends_with_the_same_weights(tmp_
     resumed = Trainer(_config("tiny", killed, *common)).train()  # checkpoint.resume=auto
     assert resumed.history[0]["step"] == 4 and not (ckpts / "step-00000006.tmp").exists()
     reference = tmp_path / "reference"
-    Trainer(_config("tiny", reference, *common)).train()
+    # Two threads build the next step's batches ahead: the data must not change.
+    Trainer(_config("tiny", reference, *common, "data.num_workers=2")).train()
     diff = _max_diff(_weights(ckpts / "step-00000008"), _weights(reference / "checkpoints" / "step-00000008"))
     assert diff < WEIGHT_ATOL, diff
     # metrics.jsonl holds each step once: the steps redone after the resume replaced the lost ones.
     assert [r["step"] for r in _metrics(killed)] == list(range(1, 9))
-    assert np.allclose([r["loss"] for r in _metrics(killed)], [r["loss"] for r in _metrics(reference)], rtol=LOSS_RTOL)
+    assert np.allclose(
+        [r["loss"] for r in _metrics(killed)], [r["loss"] for r in _metrics(reference)], rtol=LOSS_RTOL
+    )
 
 
 def test_lora_trains_adapters_only_and_merges_into_the_official_keys(tmp_path: Path) -> None:
@@ -186,12 +217,19 @@ def test_lora_trains_adapters_only_and_merges_into_the_official_keys(tmp_path: P
     assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == len(trained)
     result = trainer.train()
     assert set(_weights(result.checkpoint)) == trained  # checkpoints hold the adapters only
+    # Any checkpoint exports later from the command line, the same way the run's final export was made.
+    assert main(["train", "--export", str(result.checkpoint), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "model_index.json").is_file()
     merged = InternVLUPipeline.from_pretrained(out / "export", torch_dtype=torch.float32)
     base = build_fresh_pipeline(tiny_arch(), seed=0)
     for name in ("vlm", "generation_decoder"):
         merged_sd, base_sd = getattr(merged, name).state_dict(), getattr(base, name).state_dict()
         assert merged_sd.keys() == base_sd.keys()
-    moved = [k for k in base.vlm.state_dict() if "q_proj" in k and not torch.equal(merged.vlm.state_dict()[k], base.vlm.state_dict()[k])]
+    moved = [
+        k
+        for k in base.vlm.state_dict()
+        if "q_proj" in k and not torch.equal(merged.vlm.state_dict()[k], base.vlm.state_dict()[k])
+    ]
     assert moved  # the adapters were folded into the base weights
 
 
@@ -219,7 +257,9 @@ def test_checkpoint_manager_only_publishes_complete_checkpoints(tmp_path: Path) 
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
-def test_samples_precomputed_latents_and_the_pil_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_samples_precomputed_latents_and_the_pil_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "run"
     cache = tmp_path / "latents"
     cfg = _config("stage2-tiny", out, "train.steps=2", "checkpoint.every=0", "checkpoint.export_final=false",
@@ -233,8 +273,27 @@ def test_samples_precomputed_latents_and_the_pil_plot(tmp_path: Path, monkeypatc
     trainer.train()
     assert trainer.latents.misses == 0 and trainer.latents.hits > 0  # every latent came from the cache
     record = json.loads((out / "samples" / "step-00000002" / "samples.json").read_text())
-    assert record["images"][0]["prompt"] == "A red circle." and (out / "samples" / "step-00000002" / "00.png").is_file()
+    assert (
+        record["images"][0]["prompt"] == "A red circle."
+        and (out / "samples" / "step-00000002" / "00.png").is_file()
+    )
     assert isinstance(record["answers"][0]["answer"], str)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # force the PIL fallback
     png = plot_losses(out / "metrics.jsonl", tmp_path / "curve.png")
     assert png is not None and Image.open(png).size == (800, 450)
+
+
+def test_training_starts_from_a_checkpoint_folder_and_keeps_frozen_parts(tmp_path: Path) -> None:
+    ckpt = ROOT / "tests" / "data" / "parity" / "tiny-ckpt"
+    out = tmp_path / "from-ckpt"
+    Trainer(_config("stage1-tiny", out, "model.init=pretrained", f"model.path={ckpt}", "train.steps=2",
+                    "checkpoint.every=0")).train()  # fmt: skip
+    start = InternVLUPipeline.from_pretrained(ckpt, torch_dtype=torch.float32)
+    done = InternVLUPipeline.from_pretrained(out / "export", torch_dtype=torch.float32)
+    vlm_a, vlm_b = start.vlm.state_dict(), done.vlm.state_dict()
+    assert all(torch.equal(vlm_a[k], vlm_b[k]) for k in vlm_a)  # stage 1: the MLLM stays frozen
+    key = "decoder.proj_out.weight"
+    assert not torch.equal(
+        start.generation_decoder.state_dict()[key], done.generation_decoder.state_dict()[key]
+    )
+    assert done.processor.tokenizer.get_vocab() == start.processor.tokenizer.get_vocab()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import threading
 import warnings
@@ -34,7 +35,12 @@ from ..constants import (
 from ..processing.images import load_image
 from ..sampling.denoise import denoise
 from ..sampling.guidance import NORM_TRUNC_TIMESTEP
+from ..sampling.samplers import SamplerOptions, StepCache, build_scheduler
 from . import stages
+from .offload import SequentialOffload
+from .options import PerformanceOptions
+from .quantization import QUANT_COMPONENTS, QuantReport, is_quantized, quantize_modules
+from .think import conditioning_from_generation
 from .loading import (
     COMPONENTS,
     load_torch_component,
@@ -111,7 +117,13 @@ class InternVLUPipeline:
         self._model_index: dict[str, Any] | None = None
         self._progress_config: dict[str, Any] = {}
         self._offload_device: torch.device | None = None
+        self._sequential: SequentialOffload | None = None
         self._lock = threading.RLock()
+        # Speed switches (all on; each off only to measure it) and the solver of the denoising loop.
+        self.performance = PerformanceOptions()
+        self.sampler = SamplerOptions()
+        self.quantization: QuantReport | None = None
+        self._compiled: list[torch.nn.Module] = []
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -163,6 +175,11 @@ class InternVLUPipeline:
             max_shard_size: split `vlm` / `generation_decoder` weights into shards of at most this
                 size (bytes or a string like "2GB"); None writes one file per component.
         """
+        if self.quantization is not None:
+            raise ValueError(
+                f"this pipeline's weights are quantized ({self.quantization.mode}); save_pretrained writes the "
+                "official full-precision layout, so save before calling quantize()"
+            )
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         shard = parse_size(max_shard_size)
@@ -188,6 +205,10 @@ class InternVLUPipeline:
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> InternVLUPipeline:
         """Move (and optionally cast) every model component; returns self."""
+        if self._sequential is not None:
+            raise ValueError("call disable_sequential_cpu_offload() before moving the pipeline")
+        if dtype is not None and self.quantization is not None:
+            raise ValueError(f"cannot cast quantized weights ({self.quantization.mode}) to {dtype}")
         for module in (self.vlm, self.generation_decoder, self.vae):
             module.to(device=device, dtype=dtype)
         if dtype is not None:
@@ -204,22 +225,53 @@ class InternVLUPipeline:
         Peak accelerator memory becomes the largest component (the VLM or the MMDiT head) instead
         of their sum.
         """
-        target = torch.device(device)
-        if target.type == "cuda" and gpu_id is not None:
-            target = torch.device("cuda", gpu_id)
+        self.disable_sequential_cpu_offload()
         self.to("cpu")
-        self._offload_device = target
+        self._offload_device = _target_device(device, gpu_id)
 
     def disable_model_cpu_offload(self) -> None:
-        if self._offload_device is not None:
+        if self._offload_device is not None and self._sequential is None:
             device = self._offload_device
             self._offload_device = None
             self.to(device)
 
+    def enable_sequential_cpu_offload(
+        self, gpu_id: int | None = None, device: str | torch.device = "cuda", pin_memory: bool | None = None
+    ) -> SequentialOffload:
+        """Keep the weights on the CPU and stream them block by block to `device` while each block runs.
+
+        Peak accelerator memory for weights becomes one block (an LLM layer or an MMDiT block) plus the
+        small layers that stay resident, at the cost of copying every weight once per forward (one
+        MMDiT pass per denoising step). Not combinable with quantization (`pipeline.offload`).
+        """
+        if self.quantization is not None:
+            raise ValueError(
+                "sequential CPU offload streams plain tensors; quantized weights work with enable_model_cpu_offload"
+            )
+        target = _target_device(device, gpu_id)
+        if self._sequential is not None:
+            self.disable_sequential_cpu_offload()
+        if self._offload_device is not None:
+            self._offload_device = None
+        pin = target.type == "cuda" if pin_memory is None else pin_memory
+        self._sequential = SequentialOffload(
+            [self.vlm, self.generation_decoder, self.vae], target, pin_memory=pin
+        ).attach()
+        self._offload_device = target
+        return self._sequential
+
+    def disable_sequential_cpu_offload(self) -> None:
+        if self._sequential is None:
+            return
+        device = self._offload_device
+        self._sequential.detach(device)
+        self._sequential = None
+        self._offload_device = None
+
     @contextlib.contextmanager
     def _using(self, module: torch.nn.Module) -> Iterator[None]:
-        """Run `module` on the execution device (moving it there and back under CPU offload)."""
-        if self._offload_device is None:
+        """Run `module` on the execution device (moving it there and back under model CPU offload)."""
+        if self._offload_device is None or self._sequential is not None:
             yield
             return
         module.to(self._offload_device)
@@ -229,6 +281,118 @@ class InternVLUPipeline:
             module.to("cpu")
             if self._offload_device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ speed and memory options
+    def set_performance(self, **switches: bool) -> PerformanceOptions:
+        """Turn individual speed optimisations on or off (see `PerformanceOptions`); returns the new set.
+
+        Every switch is on by default; the outputs are the same either way up to float rounding.
+        """
+        self.performance = self.performance.replace(**switches)
+        return self.performance
+
+    def set_sampler(
+        self,
+        name: str = "default",
+        *,
+        order: int | None = None,
+        step_cache: StepCache | int | None = None,
+    ) -> SamplerOptions:
+        """Choose the denoising solver (opt-in faster sampling; "default" is the checkpoint's DPM-Solver++ 2M).
+
+        Args:
+            name: "default", "dpm++2m", "dpm++3m" or "unipc" (see `internvlu.sampling.samplers`).
+            order: UniPC's order (2 default, or 3).
+            step_cache: reuse the previous step's MMDiT output on some steps: a `StepCache`, or an int
+                interval (`StepCache(interval=n)`).
+        """
+        if isinstance(step_cache, int) and not isinstance(step_cache, bool):
+            step_cache = StepCache(interval=step_cache)
+        self.sampler = SamplerOptions(name=name, order=order, step_cache=step_cache)
+        return self.sampler
+
+    def quantize(
+        self, mode: str = "int8_weight_only", components: Sequence[str] = QUANT_COMPONENTS
+    ) -> QuantReport:
+        """Weight-only quantization of the LLM and MMDiT-block linears via torchao (`pip install internvlu[quant]`).
+
+        Args:
+            mode: "int8_weight_only" or "fp8_weight_only" (fp8 raises RuntimeError where unsupported).
+            components: any of "vlm" (the LLM's layers and LM head) and "generation_decoder" (the MMDiT blocks).
+        Returns:
+            a `QuantReport` with the weight bytes before and after (also kept as `pipe.quantization`).
+        """
+        if isinstance(components, str):
+            components = (components,)
+        if self._sequential is not None:
+            raise ValueError("disable_sequential_cpu_offload() before quantizing")
+        if self.quantization is not None:
+            raise ValueError(f"this pipeline is already quantized ({self.quantization.mode})")
+        bad = [c for c in components if c not in QUANT_COMPONENTS]
+        if bad:
+            raise ValueError(f"cannot quantize components {bad}; choose from {QUANT_COMPONENTS}")
+        modules = {name: getattr(self, name) for name in components}
+        device = next(self.vlm.parameters()).device
+        self.quantization = quantize_modules(modules, mode, device, self.dtype)
+        return self.quantization
+
+    def enable_vae_tiling(self, tile_size: int = 256, stride: int = 192) -> None:
+        """Decode (and encode) large images in overlapping tiles of `tile_size` pixels, blended over
+        `tile_size - stride` pixels, so VAE memory stays that of one tile (diffusers' tiling)."""
+        _check_positive_int("tile_size", tile_size)
+        _check_positive_int("stride", stride)
+        if tile_size % 8 or stride % 8 or stride > tile_size:
+            raise ValueError(
+                f"tile_size ({tile_size}) and stride ({stride}) must be multiples of 8 with stride <= tile_size"
+            )
+        self.vae.enable_tiling(
+            tile_sample_min_height=tile_size,
+            tile_sample_min_width=tile_size,
+            tile_sample_stride_height=stride,
+            tile_sample_stride_width=stride,
+        )
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch of images one at a time (lower peak memory for num_images_per_prompt > 1)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_compile(self, components: Sequence[str] = ("generation_decoder",), **compile_kwargs: Any) -> int:
+        """torch.compile the repeated blocks of `components` in place (off by default).
+
+        The MMDiT blocks ("generation_decoder") carry nearly all the denoising time; "vlm" compiles the
+        LLM decoder layers and ViT layers. Blocks are compiled one by one (not whole models) because
+        the packing code around them is dynamic Python. The first call per input shape compiles
+        (tens of seconds); `compile_kwargs` go to `torch.compile` (e.g. mode="max-autotune").
+        Returns the number of blocks compiled.
+        """
+        if isinstance(components, str):
+            components = (components,)
+        lists = {
+            "generation_decoder": lambda: [self.generation_decoder.decoder.transformer_blocks],
+            "vlm": lambda: [self.vlm.language_model.model.layers, self.vlm.vision_model.encoder.layers],
+        }
+        bad = [c for c in components if c not in lists]
+        if bad:
+            raise ValueError(f"cannot compile components {bad}; choose from {sorted(lists)}")
+        count = 0
+        for name in components:
+            for blocks in lists[name]():
+                for block in blocks:
+                    block.compile(**compile_kwargs)
+                    self._compiled.append(block)
+                    count += 1
+        return count
+
+    def disable_compile(self) -> None:
+        for block in self._compiled:
+            block._compiled_call_impl = None
+        self._compiled.clear()
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm options for the denoising progress bar, e.g. `disable=True` (diffusers convention)."""
@@ -425,11 +589,16 @@ class InternVLUPipeline:
         pad = self.processor.tokenizer.pad_token_id
         return self.token_ids[IM_END_TOKEN] if pad is None else int(pad)
 
-    def _text_generate(self, input_ids, attention_mask, pixel_values, text_kw, streamer=None, suppress=()):
+    def _text_generate(
+        self, input_ids, attention_mask, pixel_values, text_kw, streamer=None, suppress=(), keep_states=False
+    ):
+        """New token ids [B, T]; with `keep_states` the transformers output with hidden states and cache."""
         device = self.device
         kw = dict(text_kw)
         if suppress:
             kw["suppress_tokens"] = list(suppress)
+        if keep_states:
+            kw.update(output_hidden_states=True, return_dict_in_generate=True, use_cache=True)
         with self._using(self.vlm), torch.no_grad():
             return self.vlm.generate(
                 input_ids.to(device),
@@ -494,20 +663,26 @@ class InternVLUPipeline:
             B = proc.num_prompts
             input_ids, attention_mask = proc.input_ids, proc.attention_mask
             cot_ids, thoughts = None, None
+            known_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
             if think:
                 text_kw = dict(text_kw)
                 text_kw.setdefault("max_new_tokens", DEFAULT_THINK_TOKENS)
                 n_cond_images = sum(proc.images_per_row[:B])
                 pv = None if proc.pixel_values is None else proc.pixel_values[:n_cond_images]
+                # Beam search reorders the cache between steps; it takes the re-run path.
+                reuse = self.performance.think_kv_reuse and int(text_kw.get("num_beams", 1)) == 1
                 # <IMG_CONTEXT> is a placeholder for ViT features, never text: a thought containing it
                 # could not be re-embedded, so it is suppressed while thinking.
-                cot_ids = self._text_generate(
+                generated = self._text_generate(
                     input_ids[:B],
                     attention_mask[:B],
                     pv,
                     text_kw,
                     suppress=[self.token_ids[IMG_CONTEXT_TOKEN]],
-                ).cpu()
+                    keep_states=reuse,
+                )
+                cot_ids = (generated.sequences if reuse else generated).cpu()
+                prompt_ids, prompt_mask = input_ids[:B], attention_mask[:B]
                 input_ids, attention_mask, kept = stages.splice_thoughts(
                     input_ids, attention_mask, cot_ids, B, self._stop_ids(),
                     self.token_ids[IMG_START_TOKEN], self._pad_id(),
@@ -515,9 +690,21 @@ class InternVLUPipeline:
                 thoughts = [
                     _clean_thought(self.processor.tokenizer.decode(k, skip_special_tokens=True)) for k in kept
                 ]
+                if reuse:
+                    with self._using(self.vlm):
+                        known = conditioning_from_generation(
+                            self.vlm, generated, prompt_ids, prompt_mask, kept,
+                            select_layers=self.generation_decoder.config.vlm_select_layer,
+                            img_start_id=self.token_ids[IMG_START_TOKEN],
+                            im_start_id=self.token_ids[IM_START_TOKEN],
+                            img_context_id=self.token_ids[IMG_CONTEXT_TOKEN],
+                        )  # fmt: skip
+                    del generated
+                    if known is not None:
+                        known_rows = dict(enumerate(zip(*known)))
             latents = self._sample_latents(
                 proc, input_ids, attention_mask, num_inference_steps, num_images_per_prompt,
-                all_cfg, part_cfg, generator, timestep_shift, progress,
+                all_cfg, part_cfg, generator, timestep_shift, progress, known_rows,
             )  # fmt: skip
             with self._using(self.vae):
                 pixels = stages.decode_latents(self.vae, latents.to(self.device))
@@ -540,23 +727,70 @@ class InternVLUPipeline:
             )
 
     @torch.no_grad()
-    def _condition(self, input_ids, attention_mask, pixel_values):
-        """One VLM forward over all guidance rows -> per-row conditioning states and image masks."""
-        device = self.device
-        with self._using(self.vlm):
-            hidden_states = self.vlm.forward_hidden_states(
-                input_ids.to(device),
-                attention_mask.to(device),
-                None if pixel_values is None else pixel_values.to(device, self.dtype),
+    def _condition(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        images_per_row: Sequence[int],
+        known: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One VLM forward over the guidance rows -> per-row conditioning states [T_r, J] and image masks [T_r].
+
+        Rows in `known` (think mode's conditional rows, from the thought's generation) are not run.
+        With `performance.dedupe_guidance`, identical rows (same ids, mask and images: the text-dropped
+        and all-dropped rows of text-to-image) are run once and shared.
+        """
+        R = input_ids.shape[0]
+        known = known or {}
+        offsets = [0]
+        for n in images_per_row:
+            offsets.append(offsets[-1] + n)
+        if len(images_per_row) != R:
+            raise AssertionError(f"{len(images_per_row)} image counts for {R} rows")
+
+        def row_pixels(r: int) -> torch.Tensor | None:
+            if pixel_values is None or images_per_row[r] == 0:
+                return None
+            return pixel_values[offsets[r] : offsets[r + 1]]
+
+        def same(r: int, q: int) -> bool:
+            if not (torch.equal(input_ids[r], input_ids[q]) and torch.equal(attention_mask[r], attention_mask[q])):
+                return False
+            a, b = row_pixels(r), row_pixels(q)
+            return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+        run: list[int] = []
+        alias: dict[int, int] = {}
+        for r in range(R):
+            if r in known:
+                continue
+            twin = next((q for q in run if same(r, q)), None) if self.performance.dedupe_guidance else None
+            if twin is None:
+                run.append(r)
+            else:
+                alias[r] = twin
+        computed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if run:
+            device = self.device
+            ids, mask = input_ids[run], attention_mask[run]
+            pixels = [p for p in (row_pixels(r) for r in run) if p is not None]
+            pv = torch.cat(pixels) if pixels else None
+            with self._using(self.vlm):
+                hidden_states = self.vlm.forward_hidden_states(
+                    ids.to(device), mask.to(device), None if pv is None else pv.to(device, self.dtype)
+                )
+            layers = self.generation_decoder.config.vlm_select_layer
+            hidden = torch.cat([hidden_states[i] for i in layers], dim=-1)  # [len(run), L, J]
+            spans = stages.conditioning_spans(
+                ids, mask, self.token_ids[IM_START_TOKEN], self.token_ids[IMG_START_TOKEN]
             )
-        layers = self.generation_decoder.config.vlm_select_layer
-        hidden = torch.cat([hidden_states[i] for i in layers], dim=-1)  # [R, L, J]
-        spans = stages.conditioning_spans(
-            input_ids, attention_mask, self.token_ids[IM_START_TOKEN], self.token_ids[IMG_START_TOKEN]
-        )
-        return stages.gather_conditioning(
-            hidden, input_ids.to(device), attention_mask.to(device), spans, self.token_ids[IMG_CONTEXT_TOKEN]
-        )
+            states, masks = stages.gather_conditioning(
+                hidden, ids.to(device), mask.to(device), spans, self.token_ids[IMG_CONTEXT_TOKEN]
+            )
+            computed = {r: (st, m) for r, st, m in zip(run, states, masks)}
+        rows = [known.get(r) or computed.get(r) or computed[alias[r]] for r in range(R)]
+        return [st for st, _ in rows], [m.to(st.device) for st, m in rows]
 
     def _vit_grid(self) -> int:
         cfg = self.vlm.config
@@ -565,12 +799,17 @@ class InternVLUPipeline:
 
     @torch.no_grad()
     def _sample_latents(
-        self, proc, input_ids, attention_mask, steps, n, all_cfg, part_cfg, generator, shift, progress
+        self, proc, input_ids, attention_mask, steps, n, all_cfg, part_cfg, generator, shift, progress, known=None
     ) -> torch.Tensor:
         B = proc.num_prompts
         R = 3 * B
         device = self.device
-        states, image_masks = self._condition(input_ids, attention_mask, proc.pixel_values)
+        opts = self.performance
+
+        def condition() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+            return self._condition(input_ids, attention_mask, proc.pixel_values, proc.images_per_row, known)
+
+        states, image_masks = condition()
         gen_grids, ref_grids = stages.split_grids(
             proc.image_grid_thw_gen, proc.generation_flags, proc.images_per_row
         )
@@ -604,7 +843,7 @@ class InternVLUPipeline:
         order = [blk * B + b for blk in range(3) for b in range(B) for _ in range(n)]
         # Text-to-image: the text-dropped and all-dropped rows are the same prompt, so the head runs
         # on two blocks instead of three and reuses the result.
-        same_pu = all(
+        same_pu = opts.dedupe_guidance and all(
             torch.equal(states[B + b], states[2 * B + b]) and not ref_latents[B + b] for b in range(B)
         )
         blocks = (0, 2) if same_pu else (0, 1, 2)
@@ -614,25 +853,34 @@ class InternVLUPipeline:
         dec_grids = gen_grids[rows].to(device)
         dec_fhw = [fhw[r].to(device) for r in rows]
         dec_refs = [ref_latents[r] for r in rows]
+        per_block = B * n
 
         h_l, w_l = int(gen_grids[:, 1].max()), int(gen_grids[:, 2].max())
         channels = self.vae.config.z_dim
         latents = _noise((B * n, channels, h_l, w_l), generator, device)  # [B*n, C, h, w] fp32
 
-        def velocity(x: torch.Tensor, t: torch.Tensor):
-            k = len(blocks)
+        def run_decoder(x: torch.Tensor, t: torch.Tensor, sl: slice) -> torch.Tensor:
+            k = (sl.stop - sl.start) // per_block
             model_in = x.repeat(k, 1, 1, 1).to(self.generation_decoder_dtype)  # [k*B*n, C, h, w]
             timestep = t.to(device).expand(model_in.shape[0])
             with self._using(self.generation_decoder):
-                out = self.generation_decoder(
-                    model_in, timestep, dec_states, dec_masks, dec_grids, dec_fhw, dec_refs
+                return self.generation_decoder(
+                    model_in, timestep, dec_states[sl], dec_masks[sl], dec_grids[sl], dec_fhw[sl], dec_refs[sl]
                 ).float()
-            chunks = out.chunk(k)  # k x [B*n, C, h, w]
+
+        def velocity(x: torch.Tensor, t: torch.Tensor):
+            if not opts.condition_once:
+                condition()  # the naive loop: the VLM conditioning recomputed at every step (same values)
+            k = len(blocks)
+            if opts.batch_guidance:
+                chunks = run_decoder(x, t, slice(0, k * per_block)).chunk(k)  # k x [B*n, C, h, w]
+            else:
+                chunks = tuple(run_decoder(x, t, slice(i * per_block, (i + 1) * per_block)) for i in range(k))
             if k == 3:
                 return chunks[0], chunks[1], chunks[2]
             return chunks[0], chunks[1], chunks[1]  # text-dropped row == all-dropped row
 
-        scheduler = type(self.scheduler).from_config(self.scheduler.config, flow_shift=shift)
+        scheduler = build_scheduler(self.scheduler, self.sampler, shift)
         scheduler.set_timesteps(steps, device=device)
         bar = None
         show = progress if progress is not None else not self._progress_config.get("disable", False)
@@ -645,6 +893,7 @@ class InternVLUPipeline:
             return denoise(
                 velocity, scheduler, latents, all_cfg, part_cfg, NORM_TRUNC_TIMESTEP,
                 on_step=(lambda i, total: bar.update(1)) if bar is not None else None,
+                step_cache=self.sampler.step_cache,
             )  # fmt: skip
         finally:
             if bar is not None:
@@ -662,10 +911,18 @@ class InternVLUPipeline:
         twin = copy.copy(self)
         twin.scheduler = copy.deepcopy(self.scheduler)
         twin._progress_config = dict(self._progress_config)
+        twin.performance = dataclasses.replace(self.performance)
         return twin
 
 
 # ---------------------------------------------------------------------- helpers
+def _target_device(device: str | torch.device, gpu_id: int | None) -> torch.device:
+    target = torch.device(device)
+    if target.type == "cuda" and gpu_id is not None:
+        target = torch.device("cuda", gpu_id)
+    return target
+
+
 def _noise(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:
     """fp32 Gaussian noise; generators may live on another device (diffusers' randn_tensor rules)."""
     if isinstance(generator, list):

@@ -13,7 +13,16 @@ from __future__ import annotations
 from internvlu.training.config import TrainConfig, apply_overrides
 from internvlu.training.recipes import get_recipe, list_recipes
 
-__all__ = ["Trainer", "TrainConfig", "TrainResult", "apply_overrides", "export_checkpoint", "get_recipe", "list_recipes", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "apply_overrides",
+    "export_checkpoint",
+    "get_recipe",
+    "list_recipes",
+    "train",
+]
 
 
 def __getattr__(name: str):

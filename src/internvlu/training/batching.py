@@ -30,7 +30,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from internvlu.constants import IMAGE_PLACEHOLDER, IMG_END_TOKEN, IMG_START_TOKEN, THINK_END_TOKEN, THINK_START_TOKEN
+from internvlu.constants import (
+    IMAGE_PLACEHOLDER,
+    IMG_END_TOKEN,
+    IMG_START_TOKEN,
+    THINK_END_TOKEN,
+    THINK_START_TOKEN,
+)
 from internvlu.data.records import BadRecordTracker, RecordError, Sample
 from internvlu.processing.images import round_to_bf16
 from internvlu.processing.templates import (
@@ -95,13 +101,19 @@ def render_segments(tokenizer: Any, segments: Sequence[tuple[str, bool]]) -> tup
     return ids, labels, n_images
 
 
-def understanding_segments(sample: Sample, base_template: str, image_seq_length: int) -> list[tuple[str, bool]]:
+def understanding_segments(
+    sample: Sample, base_template: str, image_seq_length: int
+) -> list[tuple[str, bool]]:
     """Text-mode chat over all turns, split into (text, supervised) segments with image tokens expanded."""
     template = get_template(base_template)
     turns: list[tuple[str, str]] = []
     for m in sample.messages:
         _check_text(m.content, f"{m.role} turn")
-        content = normalize_user_prompt(m.content, m.content.count(IMAGE_PLACEHOLDER)) if m.role == "user" else m.content
+        content = (
+            normalize_user_prompt(m.content, m.content.count(IMAGE_PLACEHOLDER))
+            if m.role == "user"
+            else m.content
+        )
         turns.append((m.role, content))
     user_role, assistant_role = template.roles
     segments: list[tuple[str, bool]] = []
@@ -145,7 +157,9 @@ def render_sample(sample: Sample, drop: DropCond, processor: Any) -> RenderedRow
         segments = generation_segments(sample, drop, processor)
         generation = True
     ids, labels, n_images = render_segments(processor.tokenizer, segments)
-    expected = len(sample.images) if sample.task == "understanding" else images_in_row(len(sample.images), drop)
+    expected = (
+        len(sample.images) if sample.task == "understanding" else images_in_row(len(sample.images), drop)
+    )
     assert n_images == expected, (n_images, expected)
     return RenderedRow(ids, labels, n_images, generation)
 
@@ -213,7 +227,9 @@ def resize_cover(image: Image.Image, height: int, width: int) -> Image.Image:
 def generation_pixels(image: Image.Image, gen_processor: Any) -> torch.Tensor:
     """RGB image -> [3, H, W] float32 in [-1, 1], with the generation processor's rescale and normalisation
     arithmetic (its resize step is replaced by the bucket's cover-crop)."""
-    x = (np.asarray(image, dtype=np.uint8).astype(np.float64) * gen_processor.rescale_factor).astype(np.float32)
+    x = (np.asarray(image, dtype=np.uint8).astype(np.float64) * gen_processor.rescale_factor).astype(
+        np.float32
+    )
     mean = np.asarray(gen_processor.image_mean, dtype=np.float32)
     std = np.asarray(gen_processor.image_std, dtype=np.float32)
     return torch.from_numpy(((x - mean) / std).transpose(2, 0, 1).copy())  # [3, H, W]
@@ -235,10 +251,6 @@ class GenItem:
     sigma: float
     noise_seed: int
     index: int  # global sample index
-
-    @property
-    def latent_grid(self) -> tuple[int, int]:
-        return self.target.shape[-2] // 8, self.target.shape[-1] // 8
 
 
 @dataclasses.dataclass
@@ -274,16 +286,24 @@ class BatchBuilder:
     sample index), so it does not depend on the number of processes or on where a run was resumed.
     """
 
-    def __init__(self, processor: Any, data: DataConfig, loss: LossConfig, seed: int, vit_grid: int,
-                 tracker: BadRecordTracker | None = None) -> None:
+    def __init__(
+        self,
+        processor: Any,
+        data: DataConfig,
+        loss: LossConfig,
+        seed: int,
+        tracker: BadRecordTracker | None = None,
+    ) -> None:
         self.processor = processor
         self.data = data
         self.loss = loss
         self.seed = seed
-        self.vit_grid = vit_grid
         self.pad_id = int(processor.tokenizer.pad_token_id)
-        self.tracker = tracker if tracker is not None else BadRecordTracker(max_bad_fraction=data.max_bad_fraction)
+        self.tracker = (
+            tracker if tracker is not None else BadRecordTracker(max_bad_fraction=data.max_bad_fraction)
+        )
         self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
 
     def decisions(self, sample: Sample, index: int) -> tuple[DropCond, float, int]:
         rng = np.random.default_rng([self.seed, 0x5EED, index])
@@ -326,7 +346,8 @@ class BatchBuilder:
         und = self.processor.understanding_processor
         gen_proc = self.processor.generation_processor
         drop, sigma, noise_seed = self.decisions(sample, index)
-        row = render_sample(sample, drop, self.processor)
+        with self._tokenizer_lock:  # a fast tokenizer is not safe to call from several threads at once
+            row = render_sample(sample, drop, self.processor)
         if self.data.max_tokens is not None and len(row.input_ids) > self.data.max_tokens:
             raise ValueError(
                 f"{sample.location}: row of {len(row.input_ids)} tokens exceeds data.max_tokens={self.data.max_tokens}"
@@ -340,11 +361,17 @@ class BatchBuilder:
         target_img = load_uncached(sample.target)
         h, w = target_size(target_img.height, target_img.width, self.data.resolution)
         target = generation_pixels(resize_cover(target_img, h, w), gen_proc)
-        refs = [round_to_bf16(gen_proc.preprocess(img)) for img in inputs] if self.data.use_reference_latents else []
+        refs = (
+            [round_to_bf16(gen_proc.preprocess(img)) for img in inputs]
+            if self.data.use_reference_latents
+            else []
+        )
         return row, pixels, GenItem(row_index, target, refs, row.num_images, sigma, noise_seed, index), drop
 
     def _report_bad(self, sample: Sample, exc: BaseException) -> None:
-        error = RecordError(sample.location, "images", "unreadable_image", f"image failed to decode during training: {exc}")
+        error = RecordError(
+            sample.location, "images", "unreadable_image", f"image failed to decode during training: {exc}"
+        )
         with self._lock:
             self.tracker.add_bad(error)
 
@@ -373,4 +400,6 @@ class BatchBuilder:
         """Render a record's conditional row (no images decoded); ValueError when it cannot be trained on."""
         row = render_sample(sample, DropCond.NONE, self.processor)
         if self.data.max_tokens is not None and len(row.input_ids) > self.data.max_tokens:
-            raise ValueError(f"row of {len(row.input_ids)} tokens exceeds data.max_tokens={self.data.max_tokens}")
+            raise ValueError(
+                f"row of {len(row.input_ids)} tokens exceeds data.max_tokens={self.data.max_tokens}"
+            )

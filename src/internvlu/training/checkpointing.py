@@ -63,7 +63,11 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.random.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.random.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -113,7 +117,9 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, state: di
 
     # strict=False: a trainable parameter that never received a gradient (e.g. the head's encoder_padding_token,
     # unused by the packed forward) has no AdamW state to restore; it keeps none, exactly as before the save.
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
 
 
 class CheckpointManager:
@@ -129,8 +135,12 @@ class CheckpointManager:
     def complete(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and not p.name.endswith(".tmp")]
-        return sorted(dirs, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+        dirs = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name.startswith(STEP_PREFIX) and not p.name.endswith(".tmp")
+        ]
+        return sorted(dirs, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
 
     def latest(self) -> Path | None:
         pointer = self.root / LATEST
@@ -151,8 +161,15 @@ class CheckpointManager:
 
     # -- saving -----------------------------------------------------------------------------------------------
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any],
-             config: dict[str, Any], kill_after_weights: bool = False) -> Path:
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
+        config: dict[str, Any],
+        kill_after_weights: bool = False,
+    ) -> Path:
         """Write a checkpoint of `step` (collective: every process calls it)."""
         name = f"{STEP_PREFIX}{step:08d}"
         final = self.root / name
@@ -171,8 +188,12 @@ class CheckpointManager:
                 logger.warning("debug: SIGKILL in the middle of writing checkpoint %s", tmp)
                 os.kill(os.getpid(), signal.SIGKILL)
             torch.save(optim_state, tmp / "optimizer.pt")
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
+            (tmp / "config.json").write_text(
+                json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+            (tmp / "trainer_state.json").write_text(
+                json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8"
+            )
         self.env.barrier()
         if self.env.is_main:
             for f in tmp.rglob("*"):
@@ -200,12 +221,17 @@ class CheckpointManager:
         """Restore model, optimizer and this process's RNG; returns trainer_state."""
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         load_trainable(model, load_file(str(path / "model.safetensors")), self.env)
-        load_optimizer(model, optimizer, torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        load_optimizer(
+            model, optimizer, torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+        )
         rng_file = path / "rng" / f"rank-{self.env.rank:05d}.pt"
         if rng_file.is_file() and state.get("world_size") == self.env.world_size:
             set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
         else:
-            logger.warning("checkpoint was written by %s processes, this run has %s: RNG states not restored "
-                           "(per-sample randomness is seeded by sample index and is unaffected)",
-                           state.get("world_size"), self.env.world_size)
+            logger.warning(
+                "checkpoint was written by %s processes, this run has %s: RNG states not restored "
+                "(per-sample randomness is seeded by sample index and is unaffected)",
+                state.get("world_size"),
+                self.env.world_size,
+            )
         return state

@@ -27,11 +27,16 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--recipe", help="recipe name (see --list)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. optim.lr=1e-4")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. optim.lr=1e-4"
+    )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--precompute-latents", action="store_true",
-                   help="encode every target/reference image of data.sources into data.latent_cache and exit")
+    p.add_argument(
+        "--precompute-latents",
+        action="store_true",
+        help="encode every target/reference image of data.sources into data.latent_cache and exit",
+    )
     p.add_argument("--export", metavar="CHECKPOINT", help="export a training checkpoint folder and exit")
     p.add_argument("--out", help="output folder of --export (official inference layout)")
     p.add_argument("--export-dtype", default="float32", choices=("float32", "bfloat16"))

@@ -63,11 +63,17 @@ class ModelArch:
 
     def validate(self) -> None:
         if sum(self.dit_axes_rope) != self.dit_head_dim:
-            raise ValueError(f"model.arch.dit_axes_rope {self.dit_axes_rope} must sum to dit_head_dim={self.dit_head_dim}")
+            raise ValueError(
+                f"model.arch.dit_axes_rope {self.dit_axes_rope} must sum to dit_head_dim={self.dit_head_dim}"
+            )
         if self.llm_heads % self.llm_kv_heads:
-            raise ValueError(f"model.arch.llm_heads={self.llm_heads} must be a multiple of llm_kv_heads={self.llm_kv_heads}")
+            raise ValueError(
+                f"model.arch.llm_heads={self.llm_heads} must be a multiple of llm_kv_heads={self.llm_kv_heads}"
+            )
         if self.vit_hidden % self.vit_heads:
-            raise ValueError(f"model.arch.vit_hidden={self.vit_hidden} must be divisible by vit_heads={self.vit_heads}")
+            raise ValueError(
+                f"model.arch.vit_hidden={self.vit_hidden} must be divisible by vit_heads={self.vit_heads}"
+            )
         if (self.vit_image_size // self.vit_patch_size) % 2:
             raise ValueError(
                 f"model.arch.vit_image_size/vit_patch_size = {self.vit_image_size // self.vit_patch_size} must be even "
@@ -102,7 +108,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.init == "pretrained" and not self.path:
-            raise ValueError("model.init='pretrained' needs model.path=<checkpoint folder in the official layout>")
+            raise ValueError(
+                "model.init='pretrained' needs model.path=<checkpoint folder in the official layout>"
+            )
 
 
 @dataclasses.dataclass
@@ -153,7 +161,9 @@ class DropConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.drop.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.edit_all + self.edit_text > 1.0:
-            raise ValueError(f"data.drop.edit_all + edit_text must be <= 1, got {self.edit_all + self.edit_text}")
+            raise ValueError(
+                f"data.drop.edit_all + edit_text must be <= 1, got {self.edit_all + self.edit_text}"
+            )
 
 
 @dataclasses.dataclass
@@ -183,7 +193,9 @@ class DataConfig:
     use_reference_latents: bool = False
     num_workers: int = 0
     max_tokens: int | None = None
-    latent_cache: str | None = None  # folder of pre-computed VAE posteriors (latents.py); None: encode every step
+    latent_cache: str | None = (
+        None  # folder of pre-computed VAE posteriors (latents.py); None: encode every step
+    )
 
     def validate(self) -> None:
         if not self.sources:
@@ -191,7 +203,9 @@ class DataConfig:
         unknown = sorted(set(self.task_weights) - set(TASK_NAMES))
         if unknown:
             raise ValueError(f"data.task_weights has unknown tasks {unknown}; known: {list(TASK_NAMES)}")
-        if any(w < 0 for w in self.task_weights.values()) or not any(w > 0 for w in self.task_weights.values()):
+        if any(w < 0 for w in self.task_weights.values()) or not any(
+            w > 0 for w in self.task_weights.values()
+        ):
             raise ValueError(f"data.task_weights must be >= 0 with at least one > 0, got {self.task_weights}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
@@ -217,13 +231,19 @@ class LossConfig:
     # Feed the head int(sigma*1000), the integer timestep the inference scheduler feeds at that noise level (see
     # losses.model_timesteps); False feeds the continuous sigma*1000.
     discrete_timesteps: bool = True
-    latent_sampling: Literal["mode", "sample"] = "mode"  # VAE posterior mean (as inference encodes references) or a sample
+    latent_sampling: Literal["mode", "sample"] = (
+        "mode"  # VAE posterior mean (as inference encodes references) or a sample
+    )
 
     def validate(self) -> None:
         if self.ntp_weight < 0 or self.flow_weight < 0 or self.ntp_weight + self.flow_weight == 0:
-            raise ValueError(f"loss weights must be >= 0 and not both 0, got {self.ntp_weight}, {self.flow_weight}")
+            raise ValueError(
+                f"loss weights must be >= 0 and not both 0, got {self.ntp_weight}, {self.flow_weight}"
+            )
         if self.logit_std <= 0 or self.flow_shift <= 0:
-            raise ValueError(f"loss.logit_std and loss.flow_shift must be > 0, got {self.logit_std}, {self.flow_shift}")
+            raise ValueError(
+                f"loss.logit_std and loss.flow_shift must be > 0, got {self.logit_std}, {self.flow_shift}"
+            )
 
 
 @dataclasses.dataclass
@@ -261,7 +281,9 @@ class LoopConfig:
     global_batch_size: int = 4
     micro_batch_size: int = 4
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = mixed precision (fp32 master weights)
-    max_minutes: float | None = None  # stop early (checkpoint + export) after this much training time (all resumes)
+    max_minutes: float | None = (
+        None  # stop early (checkpoint + export) after this much training time (all resumes)
+    )
     num_threads: int | None = None  # CPU intra-op threads (torch.set_num_threads); None keeps torch's default
 
     def validate(self) -> None:
@@ -320,7 +342,9 @@ class CheckpointConfig:
 
     def validate(self) -> None:
         if self.every < 0 or self.keep_last < 1:
-            raise ValueError(f"checkpoint.every must be >= 0 and keep_last >= 1, got {self.every}, {self.keep_last}")
+            raise ValueError(
+                f"checkpoint.every must be >= 0 and keep_last >= 1, got {self.every}, {self.keep_last}"
+            )
 
 
 @dataclasses.dataclass
@@ -338,7 +362,10 @@ class SampleConfig:
     every: int = 0
     at_end: bool = False
     prompts: list[str] = dataclasses.field(
-        default_factory=lambda: ["A red circle on a white background.", "A blue square on a black background."]
+        default_factory=lambda: [
+            "A red circle on a white background.",
+            "A blue square on a black background.",
+        ]
     )
     questions: list[str] = dataclasses.field(default_factory=lambda: ["What can you draw?"])
     num_inference_steps: int = 10
@@ -453,7 +480,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tuple):
             value = list(value)
         if isinstance(value, str) and item is str:
-            value = [value]  # `data.sources=a.jsonl` on a command line: one item, no shell-glob brackets needed
+            value = [
+                value
+            ]  # `data.sources=a.jsonl` on a command line: one item, no shell-glob brackets needed
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list, got {value!r}")
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -461,7 +490,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a mapping, got {value!r}")
         key_t, val_t = get_args(tp) or (Any, Any)
-        return {_coerce(k, key_t, f"{where} key"): _coerce(v, val_t, f"{where}[{k!r}]") for k, v in value.items()}
+        return {
+            _coerce(k, key_t, f"{where} key"): _coerce(v, val_t, f"{where}[{k!r}]") for k, v in value.items()
+        }
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -492,7 +523,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Strict dict -> dataclass: unknown keys raise; missing keys keep their defaults."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}")
+        raise TypeError(f"{where or cls.__name__} must be a mapping, got {type(data).__name__}")
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
@@ -537,12 +568,13 @@ def apply_overrides(config: T, overrides: Sequence[str], presets: PresetLookup |
             raise ValueError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key.startswith("--"):
-            key = key[2:]
+        key = key.removeprefix("--")
         parts = key.split(".")
         target: Any = config
         for i, part in enumerate(parts[:-1]):
-            if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+            if not dataclasses.is_dataclass(target) or part not in {
+                f.name for f in dataclasses.fields(target)
+            }:
                 raise ValueError(f"unknown config key {'.'.join(parts[: i + 1])!r} in override {item!r}")
             target = getattr(target, part)
         leaf = parts[-1]

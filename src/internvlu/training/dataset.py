@@ -107,13 +107,20 @@ def index_tar(path: Path, tracker: BadRecordTracker, check_images: bool) -> Iter
                 location = f"{path}:{json_name}"
                 try:
                     if json_name not in members:
-                        raise RecordError(f"{path}:{key}.*", "<record>", "missing_json", f"no {json_name} among {sorted(members)}")
+                        raise RecordError(
+                            f"{path}:{key}.*",
+                            "<record>",
+                            "missing_json",
+                            f"no {json_name} among {sorted(members)}",
+                        )
                     info = members[json_name]
                     fh.seek(info.offset_data)
                     try:
                         obj = json.loads(fh.read(info.size).decode("utf-8"))
                     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                        raise RecordError(location, "<record>", "invalid_json", f"not valid JSON: {exc}") from exc
+                        raise RecordError(
+                            location, "<record>", "invalid_json", f"not valid JSON: {exc}"
+                        ) from exc
 
                     def resolve(name: str, field: str, members=members, location=location) -> ImageRef:
                         member = members.get(name)
@@ -124,7 +131,9 @@ def index_tar(path: Path, tracker: BadRecordTracker, check_images: bool) -> Iter
                             try:
                                 ref.load()
                             except _IMAGE_ERRORS as exc:
-                                raise RecordError(location, field, "unreadable_image", f"{name!r}: {exc}") from exc
+                                raise RecordError(
+                                    location, field, "unreadable_image", f"{name!r}: {exc}"
+                                ) from exc
                         return ref
 
                     sample = parse_record(obj, location, resolve)
@@ -214,10 +223,14 @@ class MixtureSampler:
     def __init__(self, counts: dict[str, int], weights: dict[str, float], seed: int) -> None:
         missing = sorted(t for t, w in weights.items() if w > 0 and counts.get(t, 0) == 0)
         if missing:
-            logger.warning("data.task_weights names tasks without records, left out of the mixture: %s", missing)
+            logger.warning(
+                "data.task_weights names tasks without records, left out of the mixture: %s", missing
+            )
         self.tasks = [t for t in TASK_NAMES if weights.get(t, 0) > 0 and counts.get(t, 0) > 0]
         if not self.tasks:
-            raise ValueError(f"no task has both a positive weight and records (weights {weights}, records {counts})")
+            raise ValueError(
+                f"no task has both a positive weight and records (weights {weights}, records {counts})"
+            )
         w = np.array([weights[t] for t in self.tasks], dtype=np.float64)
         self.probs = w / w.sum()
         self.counts = {t: counts[t] for t in self.tasks}
@@ -229,7 +242,9 @@ class MixtureSampler:
     def _permutation(self, task: str, epoch: int) -> np.ndarray:
         key = (task, epoch)
         if key not in self._perm_cache:
-            self._perm_cache = {k: v for k, v in self._perm_cache.items() if k[0] != task}  # keep one per task
+            self._perm_cache = {
+                k: v for k, v in self._perm_cache.items() if k[0] != task
+            }  # keep one per task
             rng = np.random.default_rng([self.seed, _stable_id(task), epoch])
             self._perm_cache[key] = rng.permutation(self.counts[task])
         return self._perm_cache[key]
@@ -237,7 +252,11 @@ class MixtureSampler:
     def next(self) -> PlannedSample:
         i = self.next_index
         rng = np.random.default_rng([self.seed, 0x7A5C, i])
-        task = self.tasks[int(rng.choice(len(self.tasks), p=self.probs))] if len(self.tasks) > 1 else self.tasks[0]
+        task = (
+            self.tasks[int(rng.choice(len(self.tasks), p=self.probs))]
+            if len(self.tasks) > 1
+            else self.tasks[0]
+        )
         k = self.taken[task]
         n = self.counts[task]
         record = int(self._permutation(task, k // n)[k % n])
@@ -259,7 +278,3 @@ class MixtureSampler:
             )
         self.next_index = int(state["next_index"])
         self.taken = {t: int(v) for t, v in state["taken"].items()}
-
-    def epochs(self) -> dict[str, float]:
-        """Passes over each task's records so far."""
-        return {t: self.taken[t] / self.counts[t] for t in self.tasks}

@@ -54,8 +54,15 @@ class LatentEncoder:
         read_only: use the cache but never write to it.
     """
 
-    def __init__(self, vae: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
-                 cache_dir: str | os.PathLike[str] | None = None, sampling: str = "mode", read_only: bool = False) -> None:
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        cache_dir: str | os.PathLike[str] | None = None,
+        sampling: str = "mode",
+        read_only: bool = False,
+    ) -> None:
         self.vae = vae.requires_grad_(False).eval()
         self.device = device
         self.dtype = dtype
@@ -76,7 +83,9 @@ class LatentEncoder:
         for i, p in enumerate(pixels):
             groups[(p.shape[-2], p.shape[-1])].append(i)
         for idx in groups.values():
-            x = torch.stack([pixels[i] for i in idx]).to(self.device, self.dtype)[:, :, None]  # [n, 3, T=1, H, W]
+            x = torch.stack([pixels[i] for i in idx]).to(self.device, self.dtype)[
+                :, :, None
+            ]  # [n, 3, T=1, H, W]
             dist = self.vae.encode(x).latent_dist
             mu, std = dist.mean[:, :, 0].float().cpu(), dist.std[:, :, 0].float().cpu()  # [n, C, h, w]
             for j, i in enumerate(idx):

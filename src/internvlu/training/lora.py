@@ -36,7 +36,10 @@ def apply_lora(root: nn.Module, settings: LoraSettings) -> list[str]:
     for target in dict.fromkeys(settings.targets):
         modules = settings.llm_modules if target == "llm" else settings.dit_modules
         config = LoraConfig(
-            r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=list(modules),
+            r=settings.rank,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=list(modules),
             bias="none",
         )
         path = LORA_COMPONENTS[target]

@@ -10,7 +10,6 @@ system prompts short.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -29,15 +28,6 @@ _CORPUS_WORDS = (
     "triangle diamond star left right top bottom center middle above below next make turn move add remove change "
     "into one two three four five there describe answer question the user wants draw first then think"
 )
-
-RELEASED_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", solver_order=2,
-    prediction_type="flow_prediction", thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0,
-    algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True, euler_at_final=False,
-    use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, use_lu_lambdas=False,
-    use_flow_sigmas=True, flow_shift=3.0, final_sigmas_type="zero", lambda_min_clipped=float("-inf"),
-    variance_type=None, timestep_spacing="linspace", steps_offset=0, rescale_betas_zero_snr=False,
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,7 +83,9 @@ def build_tokenizer():
     from internvlu.embedded.tokenizer import train_tokenizer
 
     words = _CORPUS_WORDS.split()
-    corpus = [" ".join(words[i : i + 8]) for i in range(0, len(words), 4)] * 5 + [w.capitalize() + "." for w in words]
+    corpus = [" ".join(words[i : i + 8]) for i in range(0, len(words), 4)] * 5 + [
+        w.capitalize() + "." for w in words
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         return train_tokenizer(corpus, tmp, vocab_size=BUILTIN_BPE_VOCAB, template_repeats=20)
 
@@ -189,9 +181,12 @@ def build_vae(arch: ModelArch):
 
 
 def build_scheduler():
+    """The release's DPM-Solver++ 2M flow scheduler (shift 3)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(**RELEASED_SCHEDULER)
+    from internvlu.presets import RELEASED_SCHEDULER_CONFIG
+
+    return DPMSolverMultistepScheduler(**RELEASED_SCHEDULER_CONFIG)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,8 +206,9 @@ def _init_fresh_weights(vlm, decoder, std: float) -> None:
     decoder.decoder.initialize_weights()
 
 
-def build_fresh_pipeline(arch: ModelArch, seed: int = 0, tokenizer_path: str | None = None,
-                         attn_implementation: str = "sdpa"):
+def build_fresh_pipeline(
+    arch: ModelArch, seed: int = 0, tokenizer_path: str | None = None, attn_implementation: str = "sdpa"
+):
     """A new `InternVLUPipeline` of size `arch` with seeded random weights (fp32, CPU)."""
     from internvlu.diffusion import InternVLUGenerationDecoder
     from internvlu.pipeline import InternVLUPipeline
@@ -220,7 +216,9 @@ def build_fresh_pipeline(arch: ModelArch, seed: int = 0, tokenizer_path: str | N
 
     arch.validate()
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()
-    missing = [t for t in (*SPECIAL_TOKEN_LIST, IM_START_TOKEN, IM_END_TOKEN) if t not in tokenizer.get_vocab()]
+    missing = [
+        t for t in (*SPECIAL_TOKEN_LIST, IM_START_TOKEN, IM_END_TOKEN) if t not in tokenizer.get_vocab()
+    ]
     if missing:
         raise ValueError(f"tokenizer at {tokenizer_path!r} lacks the InternVL-U tokens {missing}")
     processor = build_processor(arch, tokenizer)
@@ -248,9 +246,7 @@ def build_pipeline(model: ModelConfig, seed: int = 0, device: str | torch.device
             model.path, dtype=torch.float32, device=device, attn_implementation=model.attn_implementation
         )
     else:
-        pipe = build_fresh_pipeline(model.arch, seed, model.tokenizer_path, model.attn_implementation).to(device)
+        pipe = build_fresh_pipeline(model.arch, seed, model.tokenizer_path, model.attn_implementation).to(
+            device
+        )
     return pipe
-
-
-def describe_arch(arch: ModelArch) -> dict[str, int | list[int]]:
-    return dataclasses.asdict(arch)

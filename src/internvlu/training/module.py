@@ -61,8 +61,14 @@ class InternVLUForTraining(nn.Module):
             part in the same gathers and gradient reductions.
     """
 
-    def __init__(self, vlm: nn.Module, generation_decoder: nn.Module, token_ids: dict, vit_grid: int,
-                 keep_all_modules: bool = False) -> None:
+    def __init__(
+        self,
+        vlm: nn.Module,
+        generation_decoder: nn.Module,
+        token_ids: dict,
+        vit_grid: int,
+        keep_all_modules: bool = False,
+    ) -> None:
         super().__init__()
         self.vlm = vlm
         self.generation_decoder = generation_decoder
@@ -87,7 +93,9 @@ class InternVLUForTraining(nn.Module):
             n = inputs.input_ids.shape[1]
             # Right padding: positions 0..n-1 of every row are its real tokens (inference text generation uses the
             # same positions; the conditioning forward's arange differs only by a relative shift).
-            position_ids = torch.arange(n, device=embeds.device).expand(inputs.input_ids.shape[0], n)  # [R, L]
+            position_ids = torch.arange(n, device=embeds.device).expand(
+                inputs.input_ids.shape[0], n
+            )  # [R, L]
             out = lm.model(
                 inputs_embeds=embeds,
                 attention_mask=inputs.attention_mask,
@@ -117,7 +125,12 @@ class InternVLUForTraining(nn.Module):
             assert inputs.noisy_latents is not None and inputs.timesteps is not None
             assert inputs.velocity_target is not None
             pred = self.generation_decoder(
-                inputs.noisy_latents, inputs.timesteps, states, image_masks, grid_thw, inputs.image_fhw_cond,
+                inputs.noisy_latents,
+                inputs.timesteps,
+                states,
+                image_masks,
+                grid_thw,
+                inputs.image_fhw_cond,
                 inputs.cond_latents,
             )  # [K, C, H, W]
             flow_sum = flow_loss_per_sample(pred, inputs.velocity_target, inputs.grids).sum()
@@ -131,7 +144,9 @@ class InternVLUForTraining(nn.Module):
         cfg = self.vlm.config
         size = cfg.force_image_size or cfg.vision_config.image_size
         device = self.vlm.device
-        return self.vlm.extract_feature(torch.zeros(1, 3, size, size, device=device, dtype=dtype)).float().sum()
+        return (
+            self.vlm.extract_feature(torch.zeros(1, 3, size, size, device=device, dtype=dtype)).float().sum()
+        )
 
     def _dummy_head(self, hidden: Tensor) -> Tensor:
         dec = self.generation_decoder

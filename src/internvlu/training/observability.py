@@ -39,7 +39,11 @@ class MetricsLogger:
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             # Drop lines of steps after the checkpoint we resume from: they are about to be redone.
-            kept = [ln for ln in self.path.read_text(encoding="utf-8").splitlines() if ln.strip() and _step(ln) <= resume_step]
+            kept = [
+                ln
+                for ln in self.path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and _step(ln) <= resume_step
+            ]
             self.path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
         if tensorboard:
             try:
@@ -108,7 +112,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     """Loss curves (total, next-token, flow) vs step; matplotlib when installed, else drawn with PIL."""
     records = read_metrics(metrics_path)
-    series = {k: [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])] for k in PLOT_KEYS}
+    series = {
+        k: [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        for k in PLOT_KEYS
+    }
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None

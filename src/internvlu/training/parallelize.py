@@ -134,11 +134,17 @@ def apply_compile(module: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(module: nn.Module, env: DistEnv, param_dtype: torch.dtype | None, reshard_after_forward: bool) -> None:
+def apply_fsdp(
+    module: nn.Module, env: DistEnv, param_dtype: torch.dtype | None, reshard_after_forward: bool
+) -> None:
     """FSDP2: shard every block, then the root. `param_dtype` bf16 = mixed precision (fp32 reductions)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        if param_dtype
+        else MixedPrecisionPolicy()
+    )
     for block in transformer_blocks(module):
         fully_shard(block, mesh=env.mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     fully_shard(module, mesh=env.mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)

@@ -35,8 +35,11 @@ def precompute_latents(config: TrainConfig, batch_size: int = 16) -> dict[str, A
     dtype = torch.bfloat16 if config.train.dtype == "bfloat16" else torch.float32
     pipe.vae.to(env.device, dtype)
     encoder = LatentEncoder(pipe.vae, env.device, dtype, cache_dir=config.data.latent_cache)
-    samples, tracker = load_index(config.data.sources, max_bad_fraction=config.data.max_bad_fraction,
-                                  check_images=config.data.check_images)
+    samples, tracker = load_index(
+        config.data.sources,
+        max_bad_fraction=config.data.max_bad_fraction,
+        check_images=config.data.check_images,
+    )
     gen_proc = pipe.processor.generation_processor
     pending: list[torch.Tensor] = []
     images = 0

@@ -76,11 +76,17 @@ def stage1() -> TrainConfig:
         output_dir="runs/stage1",
         model=ModelConfig(init="pretrained", path=None, trainable=["generation_decoder"]),
         data=DataConfig(
-            sources=[], task_weights={"t2i": 4.0, "edit": 1.0}, resolution=ResolutionConfig(mode="fixed", size=512),
-            drop=DropConfig(t2i_all=0.10, edit_all=0.05, edit_text=0.05), use_reference_latents=False, num_workers=4,
+            sources=[],
+            task_weights={"t2i": 4.0, "edit": 1.0},
+            resolution=ResolutionConfig(mode="fixed", size=512),
+            drop=DropConfig(t2i_all=0.10, edit_all=0.05, edit_text=0.05),
+            use_reference_latents=False,
+            num_workers=4,
         ),
         loss=LossConfig(ntp_weight=0.0, flow_weight=1.0, flow_shift=3.0),
-        optim=OptimConfig(lr=3e-4, weight_decay=0.0, clip_grad_norm=0.2, warmup_steps=1000, schedule="constant"),
+        optim=OptimConfig(
+            lr=3e-4, weight_decay=0.0, clip_grad_norm=0.2, warmup_steps=1000, schedule="constant"
+        ),
         train=LoopConfig(steps=250_000, global_batch_size=2048, micro_batch_size=16, dtype="bfloat16"),
         parallel=ParallelConfig(activation_checkpointing=True),
         checkpoint=CheckpointConfig(every=2000, keep_last=3, export_dtype="bfloat16"),
@@ -95,7 +101,9 @@ def stage2() -> TrainConfig:
     cfg = stage1()
     cfg.output_dir = "runs/stage2"
     cfg.data.task_weights = {"t2i": 3.0, "edit": 4.0}
-    cfg.data.resolution = ResolutionConfig(mode="buckets", levels=[512, 768, 1024], min_aspect=0.5, max_aspect=2.0)
+    cfg.data.resolution = ResolutionConfig(
+        mode="buckets", levels=[512, 768, 1024], min_aspect=0.5, max_aspect=2.0
+    )
     cfg.data.use_reference_latents = True
     cfg.optim.lr = 1e-4
     cfg.optim.schedule = "cosine"
@@ -157,7 +165,9 @@ def _tiny(cfg: TrainConfig, name: str) -> TrainConfig:
     cfg.parallel = ParallelConfig()
     cfg.checkpoint = CheckpointConfig(every=10, keep_last=2, export_dtype="float32")
     cfg.logging = LogConfig(every=1)
-    cfg.samples = SampleConfig(every=0, at_end=False, num_inference_steps=4, height=64, width=64, max_new_tokens=8)
+    cfg.samples = SampleConfig(
+        every=0, at_end=False, num_inference_steps=4, height=64, width=64, max_new_tokens=8
+    )
     return cfg
 
 

@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def write_samples(pipe: Any, cfg: SampleConfig, out_dir: Path, step: int, write: bool = True) -> dict[str, Any]:
+def write_samples(
+    pipe: Any, cfg: SampleConfig, out_dir: Path, step: int, write: bool = True
+) -> dict[str, Any]:
     """Generate every prompt / answer every question; files go to OUT/samples/step-XXXXXXXX/ when `write`.
 
     All processes of a sharded run call this (the forward passes are collective); only `write` ones save.
@@ -42,6 +44,8 @@ def write_samples(pipe: Any, cfg: SampleConfig, out_dir: Path, step: int, write:
         answer = pipe.chat(question, max_new_tokens=cfg.max_new_tokens).texts[0]
         record["answers"].append({"question": question, "answer": answer})
     if write:
-        (folder / "samples.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (folder / "samples.json").write_text(
+            json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         logger.info("samples of step %d in %s", step, folder)
     return record

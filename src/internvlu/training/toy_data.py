@@ -28,7 +28,9 @@ def is_toy_source(source: str) -> bool:
     return source == "toy" or source.startswith(("toy:", "toy-anyres"))
 
 
-def render(shape: str, color: str, background: str, height: int = 64, width: int = 64, jitter: int = 0) -> Image.Image:
+def render(
+    shape: str, color: str, background: str, height: int = 64, width: int = 64, jitter: int = 0
+) -> Image.Image:
     """One shape of radius ~30% of the short side, centred (shifted by `jitter` px)."""
     img = Image.new("RGB", (width, height), BACKGROUNDS[background])
     draw = ImageDraw.Draw(img)
@@ -40,7 +42,9 @@ def render(shape: str, color: str, background: str, height: int = 64, width: int
     elif shape == "square":
         draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
-        pts = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        pts = [
+            (cx + r * math.cos(a), cy + r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
         draw.polygon(pts, fill=fill)
     return img
 
@@ -64,7 +68,7 @@ def toy_samples(count: int = DEFAULT_COUNT, anyres: bool = False) -> list[Sample
     for i in range(count):
         color, shape, bg, other, (h, w), jit = _pick(i, anyres)
         target = render(shape, color, bg, h, w, jit)
-        ref = lambda name, img: ImageRef.from_image(name, img)  # noqa: E731
+        ref = lambda name, img: ImageRef.from_image(name, img)
         out.append(Sample(
             id=f"toy-t2i-{i}", task="t2i", prompt=f"A {color} {shape} on a {bg} background",
             target=ref(f"toy-t2i-{i}.png", target), location=f"toy:t2i:{i}",
@@ -96,7 +100,7 @@ def toy_samples(count: int = DEFAULT_COUNT, anyres: bool = False) -> list[Sample
 
 
 def parse_toy_source(source: str) -> tuple[int, bool]:
-    """"toy[:N]" / "toy-anyres[:N]" -> (count, anyres)."""
+    """ "toy[:N]" / "toy-anyres[:N]" -> (count, anyres)."""
     name, _, count = source.partition(":")
     if name not in ("toy", "toy-anyres"):
         raise ValueError(f"unknown toy source {source!r}; use toy, toy:N, toy-anyres or toy-anyres:N")

@@ -30,8 +30,8 @@ from internvlu.training.checkpointing import CheckpointManager
 from internvlu.training.config import TrainConfig
 from internvlu.training.dataset import MixtureSampler, PlannedSample, TaskIndex, load_index
 from internvlu.training.latents import LatentEncoder
+from internvlu.training.lora import apply_lora, is_lora_parameter
 from internvlu.training.losses import model_timesteps, noisy_latents, velocity_target
-from internvlu.training.lora import LORA_COMPONENTS, apply_lora, is_lora_parameter
 from internvlu.training.module import InternVLUForTraining, ModelInputs
 from internvlu.training.observability import MetricsLogger, Progress, peak_memory_mb, plot_losses
 from internvlu.training.parallelize import (
@@ -72,7 +72,9 @@ def vit_grid_of(vlm: nn.Module) -> int:
     return int(size // cfg.vision_config.patch_size * cfg.downsample_ratio)
 
 
-def select_trainable(module: nn.Module, trainable: Sequence[str], frozen: Sequence[str], lora_paths: Sequence[str]) -> int:
+def select_trainable(
+    module: nn.Module, trainable: Sequence[str], frozen: Sequence[str], lora_paths: Sequence[str]
+) -> int:
     """Set requires_grad from the prefixes (see ModelConfig); returns the number of trainable parameters.
 
     With LoRA, the adapters train and the base weights of the adapted components stay frozen; other components
@@ -87,7 +89,9 @@ def select_trainable(module: nn.Module, trainable: Sequence[str], frozen: Sequen
         raise ValueError("the training module has no parameters")
     for prefix in (*trainable, *frozen):
         if not any(matches(n, [prefix]) for n in names):
-            raise ValueError(f"model.trainable/frozen prefix {prefix!r} matches no parameter (e.g. {names[0]!r})")
+            raise ValueError(
+                f"model.trainable/frozen prefix {prefix!r} matches no parameter (e.g. {names[0]!r})"
+            )
     count = 0
     for name, p in module.named_parameters():
         if is_lora_parameter(name):
@@ -140,7 +144,9 @@ class Trainer:
         self.elapsed_before = 0.0
         self.sampler_state = self.sampler.state_dict()
         self._resume()
-        self.metrics = MetricsLogger(self.out, self.env.is_main, config.logging.tensorboard, resume_step=self.step)
+        self.metrics = MetricsLogger(
+            self.out, self.env.is_main, config.logging.tensorboard, resume_step=self.step
+        )
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(config.to_json() + "\n", encoding="utf-8")
@@ -163,7 +169,8 @@ class Trainer:
         from internvlu.training.model_factory import build_pipeline
 
         cfg = self.config
-        self.pipe = build_pipeline(cfg.model, seed=cfg.seed, device="cpu")
+        # Checkpoint weights are read straight onto the device; a fresh model is built on the CPU and moved.
+        self.pipe = build_pipeline(cfg.model, seed=cfg.seed, device=self.device)
         self.processor = self.pipe.processor
         self.vit_grid = vit_grid_of(self.pipe.vlm)
         module = InternVLUForTraining(
@@ -187,18 +194,31 @@ class Trainer:
         fsdp = cfg.parallel.fsdp == "always" or (cfg.parallel.fsdp == "auto" and self.env.distributed)
         if self.env.distributed and not fsdp:
             # Without FSDP nothing would synchronise the gradients of the processes.
-            raise ValueError("training with several processes needs parallel.fsdp=auto or always, not 'never'")
+            raise ValueError(
+                "training with several processes needs parallel.fsdp=auto or always, not 'never'"
+            )
         if fsdp:
             if self.env.mesh is None:
-                raise ValueError("parallel.fsdp='always' needs a launcher (torchrun) to create the process group")
-            apply_fsdp(module, self.env, dtype if dtype != torch.float32 else None, cfg.parallel.reshard_after_forward)
+                raise ValueError(
+                    "parallel.fsdp='always' needs a launcher (torchrun) to create the process group"
+                )
+            apply_fsdp(
+                module,
+                self.env,
+                dtype if dtype != torch.float32 else None,
+                cfg.parallel.reshard_after_forward,
+            )
         self.fsdp = fsdp
         self.autocast_dtype = dtype if (dtype != torch.float32 and not fsdp) else None
         module.train()
         self.module = module
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.latents = LatentEncoder(
-            self.pipe.vae, self.device, dtype, cache_dir=cfg.data.latent_cache, sampling=cfg.loss.latent_sampling
+            self.pipe.vae,
+            self.device,
+            dtype,
+            cache_dir=cfg.data.latent_cache,
+            sampling=cfg.loss.latent_sampling,
         )
         logger.info(
             "model: %.2fM parameters, %.2fM trainable; %d process(es) on %s, fsdp=%s, dtype=%s, accumulation=%d",
@@ -208,10 +228,11 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg = self.config
-        samples, tracker = load_index(cfg.data.sources, max_bad_fraction=cfg.data.max_bad_fraction,
-                                      check_images=cfg.data.check_images)
+        samples, tracker = load_index(
+            cfg.data.sources, max_bad_fraction=cfg.data.max_bad_fraction, check_images=cfg.data.check_images
+        )
         self.bad_records = tracker
-        self.builder = BatchBuilder(self.processor, cfg.data, cfg.loss, cfg.seed, self.vit_grid, tracker=tracker)
+        self.builder = BatchBuilder(self.processor, cfg.data, cfg.loss, cfg.seed, tracker=tracker)
         # Records the prompt code refuses (reserved tokens, too long) are bad records as well, counted by reason and
         # located like the reader's, against the same max_bad_fraction.
         self.render_check = BadRecordTracker(max_bad_fraction=cfg.data.max_bad_fraction)
@@ -227,8 +248,13 @@ class Trainer:
         self.render_check.finish()
         self.index = TaskIndex(good)
         self.sampler = MixtureSampler(self.index.counts(), cfg.data.task_weights, cfg.seed)
-        logger.info("data: %s records by task %s; mixture %s; bad %s", len(good), self.index.counts(),
-                    dict(zip(self.sampler.tasks, [round(float(p), 3) for p in self.sampler.probs])), tracker.summary())
+        logger.info(
+            "data: %s records by task %s; mixture %s; bad %s",
+            len(good),
+            self.index.counts(),
+            dict(zip(self.sampler.tasks, [round(float(p), 3) for p in self.sampler.probs])),
+            tracker.summary(),
+        )
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         opt = self.config.optim
@@ -236,7 +262,10 @@ class Trainer:
         for _, p in self.module.named_parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": opt.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         groups = [g for g in groups if g["params"]]
         return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
 
@@ -305,16 +334,24 @@ class Trainer:
             for k, (g, zk) in enumerate(zip(gen, z_list)):
                 h, w = zk.shape[-2:]
                 z[k, :, :h, :w] = zk
-                eps[k, :, :h, :w] = torch.randn(zk.shape, generator=torch.Generator().manual_seed(g.noise_seed))
+                eps[k, :, :h, :w] = torch.randn(
+                    zk.shape, generator=torch.Generator().manual_seed(g.noise_seed)
+                )
             sigma = torch.tensor([g.sigma for g in gen], dtype=torch.float32)
             noisy = noisy_latents(z, eps, sigma).to(dev)  # [K, C, H, W]
             target = velocity_target(z, eps).to(dev)
             times = model_timesteps(sigma, self.config.loss.discrete_timesteps).to(dev)
-            fhw = [torch.tensor([[1, self.vit_grid, self.vit_grid]] * g.num_vit_images, dtype=torch.long).reshape(-1, 3).to(dev)
-                   for g in gen]
+            fhw = [
+                torch.tensor([[1, self.vit_grid, self.vit_grid]] * g.num_vit_images, dtype=torch.long)
+                .reshape(-1, 3)
+                .to(dev)
+                for g in gen
+            ]
             if any(g.refs for g in gen):
                 flat = [r for g in gen for r in g.refs]
-                encoded = self.latents.encode(flat, seeds=[gen[0].noise_seed + 2 + i for i in range(len(flat))])
+                encoded = self.latents.encode(
+                    flat, seeds=[gen[0].noise_seed + 2 + i for i in range(len(flat))]
+                )
                 cond, i = [], 0
                 for g in gen:
                     cond.append([e.to(dev) for e in encoded[i : i + len(g.refs)]])
@@ -372,7 +409,9 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + value
         opt = self.config.optim
         grad_norm = clip_grad_norm(self.params, opt.clip_grad_norm)
-        lr = lr_at(self.step, self.config.train.steps, opt.lr, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
+        lr = lr_at(
+            self.step, self.config.train.steps, opt.lr, opt.warmup_steps, opt.schedule, opt.min_lr_ratio
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -398,6 +437,10 @@ class Trainer:
             "ntp_tokens": int(sums["ntp_tokens"]),
             "flow_images": int(sums["flow_samples"]),
             "peak_mem_mb": peak_memory_mb(self.device),
+            # Passes over each task's records, from the consumed position (the sampler may be a step ahead).
+            "epochs": {
+                t: round(n / self.sampler.counts[t], 4) for t, n in self.sampler_state["taken"].items()
+            },
         }
 
     # ------------------------------------------------------------------ loop
@@ -427,7 +470,9 @@ class Trainer:
                 if cfg.train.max_minutes is not None:
                     over = self.env.broadcast_object(record["elapsed_s"] > 60 * cfg.train.max_minutes)
                     if over:
-                        logger.info("train.max_minutes=%s reached at step %d", cfg.train.max_minutes, self.step)
+                        logger.info(
+                            "train.max_minutes=%s reached at step %d", cfg.train.max_minutes, self.step
+                        )
                         break
         finally:
             progress.close()
@@ -458,7 +503,9 @@ class Trainer:
             "unrenderable_records": self.render_check.summary(),
         }
         kill = self.config.debug.kill_during_checkpoint_at_step == self.step
-        return self.checkpoints.save(self.step, self.module, self.optimizer, state, self.config.to_dict(), kill)
+        return self.checkpoints.save(
+            self.step, self.module, self.optimizer, state, self.config.to_dict(), kill
+        )
 
     def sample(self) -> dict[str, Any]:
         """Images / answers on the fixed prompt set (all processes take part; rank 0 writes)."""
@@ -467,7 +514,9 @@ class Trainer:
             with unsharded(self.module):
                 from internvlu.training.samples import write_samples
 
-                return write_samples(self.pipe, self.config.samples, self.out, self.step, write=self.env.is_main)
+                return write_samples(
+                    self.pipe, self.config.samples, self.out, self.step, write=self.env.is_main
+                )
         finally:
             self.module.train()
 
@@ -477,7 +526,9 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtype: str = "float32") -> Path:
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], dtype: str = "float32"
+) -> Path:
     """Write a training checkpoint as a checkpoint folder in the official inference layout (LoRA merged).
 
     The starting model is rebuilt from the checkpoint's config (checkpoint path or seeded fresh init), the trained
@@ -494,7 +545,9 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         raise ValueError(f"{ckpt} is not a training checkpoint (no model.safetensors)")
     cfg = TrainConfig.from_dict(json.loads((ckpt / "config.json").read_text(encoding="utf-8")))
     pipe = build_pipeline(cfg.model, seed=cfg.seed)
-    module = InternVLUForTraining(pipe.vlm, pipe.generation_decoder, pipe.processor.token_ids(), vit_grid_of(pipe.vlm))
+    module = InternVLUForTraining(
+        pipe.vlm, pipe.generation_decoder, pipe.processor.token_ids(), vit_grid_of(pipe.vlm)
+    )
     apply_lora(module, cfg.lora)
     result = module.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
     if result.unexpected_keys:
