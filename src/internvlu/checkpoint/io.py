@@ -1,9 +1,9 @@
 """Safetensors weight I/O for the `vlm` and `generation_decoder` components.
 
 Loading builds the module on the meta device (no memory, no random init), reads each tensor once
-straight to its target device/dtype, and assigns it (`load_state_dict(assign=True)`), so the
-weights are never held twice. Missing, unexpected or wrongly shaped tensors are one error that
-lists all of them. Saving writes the official layout: `model.safetensors`, or shards plus
+(plain reads into a fresh, aligned allocation: no memory map) and converts it to its target
+device/dtype, and assigns it (`load_state_dict(assign=True)`), so the weights are never held
+twice. Missing, unexpected or wrongly shaped tensors are one error that lists all of them. Saving writes the official layout: `model.safetensors`, or shards plus
 `model.safetensors.index.json` (the transformers convention) above a size limit.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -56,21 +58,98 @@ def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
     )
 
 
+# safetensors dtype names -> torch dtypes (the format is little-endian).
+_ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+_HEADER_LIMIT = 100 * 2**20
+
+
+def _read_header(fh: BinaryIO, path: Path) -> tuple[int, dict[str, dict]]:
+    raw = fh.read(8)
+    if len(raw) != 8:
+        raise CheckpointError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+    (size,) = struct.unpack("<Q", raw)
+    if size > _HEADER_LIMIT:
+        raise CheckpointError(f"{path} is not a safetensors file (header of {size} bytes)")
+    try:
+        header = json.loads(fh.read(size))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
+    header.pop("__metadata__", None)
+    return 8 + size, header
+
+
+def _read_file(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Read each tensor of one safetensors file into its own fresh CPU allocation with plain reads.
+
+    Not memory-mapped on purpose: mapped tensors keep the file's pages resident next to any converted
+    copy (two copies of a component while it loads) and start at arbitrary byte offsets, which
+    makes CPU bf16 matmuls take slow unaligned paths; a fresh allocation is aligned.
+    """
+    with open(path, "rb", buffering=0) as fh:
+        base, header = _read_header(fh, path)
+        for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            dtype = _ST_DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+            start, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=dtype)
+            nbytes = tensor.numel() * tensor.element_size()
+            if nbytes != end - start:
+                raise CheckpointError(f"{path}: tensor {key!r} spans {end - start} bytes, expected {nbytes}")
+            if nbytes:
+                fh.seek(base + start)
+                view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())  # [nbytes] over the tensor
+                done = 0
+                while done < nbytes:
+                    got = fh.readinto(view[done:])
+                    if not got:
+                        raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
+                    done += got
+            yield key, tensor
+
+
 def iter_tensors(
     files: Iterable[Path], device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (key, tensor) one at a time, read straight onto `device` and cast to `dtype`.
+    """Yield (key, tensor) one at a time, read to CPU memory, cast to `dtype` and moved to `device`.
 
-    Casting per tensor keeps the peak at one extra tensor, not one extra model.
+    Casting and moving per tensor keeps the peak at one extra tensor, not one extra model.
     """
-    device_str = str(torch.device(device))
+    device = torch.device(device)
     for path in files:
-        with safe_open(str(path), framework="pt", device=device_str) as fh:
-            for key in fh.keys():
-                tensor = fh.get_tensor(key)
-                if dtype is not None and tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                yield key, tensor
+        if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
+            yield from _iter_safe_open(path, device, dtype)
+            continue
+        for key, tensor in _read_file(Path(path)):
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            yield key, tensor.to(device)
+
+
+def _iter_safe_open(
+    path: Path, device: torch.device, dtype: torch.dtype | None
+) -> Iterator[tuple[str, torch.Tensor]]:  # pragma: no cover - big-endian hosts only
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        for key in fh.keys():
+            tensor = fh.get_tensor(key).clone()
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            yield key, tensor.to(device)
+
+
+def materialize_unaligned(module: torch.nn.Module) -> int:
+    """Copy every parameter/buffer that does not start on a 64-byte boundary (memory-mapped weights from
+    a library loader) into a fresh aligned allocation, one tensor at a time; returns how many moved."""
+    moved = 0
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % 64:
+            tensor.data = tensor.data.clone()
+            moved += 1
+    return moved
 
 
 def check_state_dict(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint.io import CheckpointError, load_weights_into, save_weights
+from ..checkpoint.io import CheckpointError, load_weights_into, materialize_unaligned, save_weights
 
 COMPONENTS = ("vlm", "generation_decoder", "vae", "scheduler", "processor")
 
@@ -83,6 +83,32 @@ def load_torch_component(
         model = cls(config, **build_kwargs)
     tied = getattr(model, "tied_weights", dict)()
     load_weights_into(model, folder, device=device, dtype=dtype, tied=tied)
+    return model.eval()
+
+
+def load_diffusers_component(cls: type, folder: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A diffusers model (the VAE) built on the meta device from its config and loaded with our reader.
+
+    diffusers' own `from_pretrained` leaves same-dtype weights memory-mapped at unaligned offsets
+    (slow CPU kernels, file pages resident next to any copy); when its weights do not match the
+    config's module tree exactly (e.g. a legacy key layout diffusers converts), that loader is used
+    instead and its unaligned tensors are copied one by one.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = cls.load_config(str(folder))
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    try:
+        load_weights_into(model, folder, device=device, dtype=dtype)
+    except CheckpointError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls.from_pretrained(str(folder), torch_dtype=dtype)
+        materialize_unaligned(model)
+        model = model.to(device)
     return model.eval()
 
 

@@ -43,6 +43,7 @@ from .quantization import QUANT_COMPONENTS, QuantReport, is_quantized, quantize_
 from .think import conditioning_from_generation
 from .loading import (
     COMPONENTS,
+    load_diffusers_component,
     load_torch_component,
     parse_size,
     read_model_index,
@@ -159,9 +160,7 @@ class InternVLUPipeline:
         decoder = load_torch_component(
             classes["generation_decoder"], folder / "generation_decoder", device, dtype
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            vae = classes["vae"].from_pretrained(str(folder / "vae"), torch_dtype=dtype).to(device).eval()
+        vae = load_diffusers_component(classes["vae"], folder / "vae", device, dtype)
         scheduler = classes["scheduler"].from_pretrained(str(folder / "scheduler"))
         processor = classes["processor"].from_pretrained(str(folder / "processor"))
         pipe = cls(vlm, decoder, vae, scheduler, processor)

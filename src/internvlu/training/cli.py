@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -63,7 +64,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.list:
         from internvlu.training.recipes import list_recipes
 
-        for name, doc in list_recipes().items():
+        from internvlu.embedded.recipe import PIPELINE_RECIPES
+
+        docs = {**list_recipes(), **{n: (f.__doc__ or "").strip().splitlines()[0] for n, f in PIPELINE_RECIPES.items()}}
+        for name, doc in sorted(docs.items()):
             print(f"{name:18s} {doc}")
         return 0
     if args.export:
@@ -75,6 +79,10 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     if not args.recipe:
         raise ValueError("give --recipe NAME (see internvlu train --list)")
+    from internvlu.embedded.recipe import PIPELINE_RECIPES
+
+    if args.recipe in PIPELINE_RECIPES:
+        return _run_pipeline_recipe(args)
     config = resolve_config(args.recipe, list(args.overrides))
     if args.print_config:
         print(config.to_json())
@@ -102,6 +110,25 @@ def run_train(args: argparse.Namespace) -> int:
     }
     if os.environ.get("RANK", "0") == "0":  # one summary line per run, from the first process
         print(json.dumps(summary))
+    return 0
+
+
+def _run_pipeline_recipe(args: argparse.Namespace) -> int:
+    """Multi-step recipes (synthesis -> tokenizer -> VAE -> stages -> eval), e.g. the embedded `shapes-tiny`."""
+    from internvlu.embedded.recipe import config_to_dict, resolve_shapes_config, run_shapes_recipe
+
+    if args.precompute_latents:
+        raise ValueError(f"--precompute-latents is part of recipe {args.recipe!r} itself")
+    config = resolve_shapes_config(args.recipe, list(args.overrides))
+    if args.print_config:
+        print(json.dumps(config_to_dict(config), indent=2))
+        return 0
+    card = run_shapes_recipe(config, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if "stopped_after" in card:
+        print(json.dumps({"stopped_after": card["stopped_after"], "output_dir": config.output_dir}))
+        return 0
+    print(json.dumps({"model": str(Path(config.output_dir) / "model"), "minutes": card["training_minutes"],
+                      "scores": card["scores"]["geneval"] | {k: card["scores"][k] for k in ("vqa", "edit", "think", "think_off")}}))
     return 0
 
 

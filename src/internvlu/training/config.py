@@ -56,12 +56,34 @@ class ModelArch:
     # Qwen-Image-style VAE (random init for fresh models; it stays frozen)
     vae_base_dim: int = 8
     vae_res_blocks: int = 1
+    vae_z_dim: int = 16
+    # len(vae_dim_mult) - 1 spatial halvings: [1, 2, 4, 4] is the release's x8 VAE, [1, 2, 2] a x4 one.
+    vae_dim_mult: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 4])
+    vae_temperal_downsample: list[bool] = dataclasses.field(default_factory=lambda: [False, True, True])
+    # Latent normalisation; None keeps diffusers' defaults (the release's values, 16 channels).
+    vae_latents_mean: list[float] | None = None
+    vae_latents_std: list[float] | None = None
+    # Where the ViT token grid lands on the generated token grid (ViT grid / generated grid at the default size).
+    dit_vlm_cond_scale: float = 0.25
     # Processor: generation-side pixel range of reference images, default output size
     gen_min_side: int = 64
     gen_max_side: int = 96
     gen_default_size: int = 64
 
+    @property
+    def vae_downsample_factor(self) -> int:
+        return 2 ** (len(self.vae_dim_mult) - 1)
+
     def validate(self) -> None:
+        if len(self.vae_temperal_downsample) != len(self.vae_dim_mult) - 1:
+            raise ValueError(
+                f"model.arch.vae_temperal_downsample {self.vae_temperal_downsample} needs "
+                f"len(vae_dim_mult) - 1 = {len(self.vae_dim_mult) - 1} entries"
+            )
+        for name in ("vae_latents_mean", "vae_latents_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.vae_z_dim:
+                raise ValueError(f"model.arch.{name} has {len(value)} values, vae_z_dim is {self.vae_z_dim}")
         if sum(self.dit_axes_rope) != self.dit_head_dim:
             raise ValueError(
                 f"model.arch.dit_axes_rope {self.dit_axes_rope} must sum to dit_head_dim={self.dit_head_dim}"

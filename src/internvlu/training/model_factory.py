@@ -100,7 +100,7 @@ def build_processor(arch: ModelArch, tokenizer):
     from internvlu.processing.images import GenerationImageProcessor, UnderstandingImageProcessor
     from internvlu.processing_internvlu import InternVLUProcessor, ProcessorConfig
 
-    vae_factor = 8
+    vae_factor = arch.vae_downsample_factor
     config = ProcessorConfig(
         image_processor_kwargs=UnderstandingImageProcessor(size=(arch.vit_image_size, arch.vit_image_size)),
         image_gen_processor_kwargs=GenerationImageProcessor(
@@ -157,15 +157,16 @@ def decoder_config(arch: ModelArch):
     joint = 2 * arch.llm_hidden  # hidden states of layers [-1, -2], concatenated
     return InternVLUGenerationDecoderConfig(
         decoder_config=InternVLUTransformerConfig(
-            patch_size=2, in_channels=64, out_channels=16, num_layers=arch.dit_layers,
+            patch_size=2, in_channels=4 * arch.vae_z_dim, out_channels=arch.vae_z_dim, num_layers=arch.dit_layers,
             attention_head_dim=arch.dit_head_dim, num_attention_heads=arch.dit_heads, joint_attention_dim=joint,
             axes_dims_rope=tuple(arch.dit_axes_rope), video_position_scale_factor=1.0,
-            vlm_cond_position_scale_factor=0.25, extra={"_class_name": "InternVLUTransformer2DModel"},
+            vlm_cond_position_scale_factor=arch.dit_vlm_cond_scale, extra={"_class_name": "InternVLUTransformer2DModel"},
         ),
         decoder_projector_type="identity", input_hidden_size=joint, output_hidden_size=joint,
         padding_encoder_hidden_states=True, pad_to_fix_length=False, max_sequence_length=768,
         vlm_select_layer=[-1, -2], gen_image_height=arch.gen_default_size, gen_image_width=arch.gen_default_size,
-        video_position_scale_factor=1.0, vlm_cond_position_scale_factor=0.25, flow_shift=3.0, vae_downsample_factor=8,
+        video_position_scale_factor=1.0, vlm_cond_position_scale_factor=arch.dit_vlm_cond_scale, flow_shift=3.0,
+        vae_downsample_factor=arch.vae_downsample_factor,
         extra={"architectures": ["InternVLUGenerationDecoder"]},
     )  # fmt: skip
 
@@ -173,10 +174,19 @@ def decoder_config(arch: ModelArch):
 def build_vae(arch: ModelArch):
     from diffusers import AutoencoderKLQwenImage
 
-    # Qwen-Image VAE structure; latents_mean/std are the diffusers defaults (= the release's values).
+    # Qwen-Image VAE structure; latents_mean/std default to diffusers' values (= the release's) when not given.
+    stats = {}
+    if arch.vae_latents_mean is not None:
+        stats["latents_mean"] = list(arch.vae_latents_mean)
+    if arch.vae_latents_std is not None:
+        stats["latents_std"] = list(arch.vae_latents_std)
+    if arch.vae_z_dim != 16 and len(stats) < 2:
+        # diffusers' defaults have 16 entries; other latent widths start unnormalised.
+        stats = {"latents_mean": [0.0] * arch.vae_z_dim, "latents_std": [1.0] * arch.vae_z_dim, **stats}
     return AutoencoderKLQwenImage(
-        base_dim=arch.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=arch.vae_res_blocks,
-        attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0,
+        base_dim=arch.vae_base_dim, z_dim=arch.vae_z_dim, dim_mult=list(arch.vae_dim_mult),
+        num_res_blocks=arch.vae_res_blocks, attn_scales=[], temperal_downsample=list(arch.vae_temperal_downsample),
+        dropout=0.0, **stats,
     )  # fmt: skip
 
 

@@ -1,0 +1,504 @@
+"""The `shapes-tiny` recipe: the whole embedded-model run in one command, from nothing to a shippable folder.
+
+Steps (each writes into `output_dir`, and each is skipped when its output already exists, so a killed run resumes):
+
+1. `data/`: shapes-world synthesis (`run_synthesis("shapes", ...)`, tar shards, fixed seed).
+2. `tokenizer/`: byte-level BPE trained with `tokenizers` on the text of fresh shapes samples plus every chat-template
+   string and special token (internvlu.embedded.tokenizer).
+3. `vae/`: the small Qwen-Image VAE trained on shapes images (internvlu.embedded.vae); its PSNR goes to the card.
+4. `init/`: a fresh InternVL-U of `arch` (InternViT, Qwen3, MMDiT head) with the trained VAE, official layout.
+5. `latents/`: VAE latents of every target / reference image, computed once.
+6. The paper's stages, scaled down (each a `Trainer` run continuing from the previous export):
+   `understanding` (no pretrained MLLM exists here: NTP on VQA + think text, MLLM trained, head idle),
+   `generation` (MLLM frozen, flow loss on T2I / edit / think images) and `unified` (everything, NTP:flow).
+   Each stage is scored with `evaluate_shapes` on a few prompts (the score-vs-minutes curve).
+7. `model/`: the final export (bf16), its full `evaluate_shapes` scores and the model card (README.md + card.json).
+
+`internvlu train --recipe shapes-tiny [key=value ...]` runs it; `shapes-tiny-smoke` is the same code path at toy
+sizes (under a minute) for CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from internvlu.embedded.vae import VAEArch, VAETrainConfig
+from internvlu.training.config import ModelArch
+
+logger = logging.getLogger("internvlu.embedded")
+
+ALL_TASKS = ("understanding", "t2i", "edit", "think")
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class WorldSettings:
+    """The shapes world (internvlu.synthesis.shapes.ShapesConfig fields that the recipe sets)."""
+
+    image_size: int = 64
+    shapes: list[str] = dataclasses.field(default_factory=lambda: ["circle", "square", "triangle", "diamond", "star"])
+    # Object half-extents (fraction of the side); larger objects cover more of the 8x8 token grid.
+    size_fracs: list[float] = dataclasses.field(default_factory=lambda: [0.12, 0.15, 0.18])
+    word_prob: float = 0.3
+
+    def shapes_config(self, tasks: tuple[str, ...] = ALL_TASKS, weights: tuple[float, ...] = ()):
+        from internvlu.synthesis.shapes import ShapesConfig
+
+        return ShapesConfig(
+            image_size=self.image_size, tasks=tasks, task_weights=weights, shapes=tuple(self.shapes),
+            size_fracs=tuple(self.size_fracs), word_prob=self.word_prob,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass
+class SynthSettings:
+    num_samples: int = 40_000
+    # understanding, t2i, edit, think
+    task_weights: list[float] = dataclasses.field(default_factory=lambda: [2.0, 3.0, 2.0, 1.0])
+    shard_size: int = 2000
+    workers: int = 2
+
+
+@dataclasses.dataclass
+class TokenizerSettings:
+    vocab_size: int = 1024
+    corpus_samples: int = 4000
+    template_repeats: int = 200
+
+
+@dataclasses.dataclass
+class VAESettings:
+    arch: VAEArch = dataclasses.field(default_factory=VAEArch)
+    train: VAETrainConfig = dataclasses.field(default_factory=lambda: VAETrainConfig(steps=3000, max_minutes=15.0))
+    num_images: int = 4000
+    pretrained: str | None = None  # a VAE folder to reuse (save_pretrained layout) instead of training one
+
+
+@dataclasses.dataclass
+class StageSettings:
+    """One scaled-down paper stage (a Trainer run)."""
+
+    steps: int = 1000
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    task_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"t2i": 1.0})
+    ntp_weight: float = 0.0
+    flow_weight: float = 1.0
+    trainable: list[str] = dataclasses.field(default_factory=lambda: ["generation_decoder"])
+    eval_num: int = 16  # evaluate_shapes prompts per category after the stage (0 = skip)
+
+
+def _understanding_stage() -> StageSettings:
+    return StageSettings(
+        steps=1500, max_minutes=20.0, lr=2e-3, batch_size=32, weight_decay=0.01,
+        task_weights={"understanding": 3.0, "think": 1.0}, ntp_weight=1.0, flow_weight=0.0, trainable=["vlm"],
+        eval_num=0,
+    )  # fmt: skip
+
+
+def _generation_stage() -> StageSettings:
+    return StageSettings(
+        steps=3000, max_minutes=55.0, lr=1e-3, batch_size=16,
+        task_weights={"t2i": 4.0, "edit": 3.0, "think": 1.0}, trainable=["generation_decoder"],
+    )  # fmt: skip
+
+
+def _unified_stage() -> StageSettings:
+    return StageSettings(
+        steps=800, max_minutes=20.0, lr=3e-4, batch_size=16, weight_decay=0.01,
+        task_weights={"t2i": 2.0, "edit": 2.0, "understanding": 2.0, "think": 1.0}, ntp_weight=1.0,
+        flow_weight=20.0, trainable=["vlm", "generation_decoder"],
+    )  # fmt: skip
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    num: int = 200
+    seed: int = 0
+    num_inference_steps: int = 20
+    all_cfg_scale: float | None = None  # None: the pipeline's defaults
+    part_cfg_scale: float | None = None
+    batch_size: int = 32
+    max_thought_tokens: int = 200
+    max_new_tokens: int = 64
+
+
+def embedded_arch() -> ModelArch:
+    """The shipped size: 64 px ViT with 8 px patches (16 tokens per image), a 4-layer Qwen3, a 4-block MMDiT head
+    on 8x8 latent tokens (x4 VAE, 2x2 patches)."""
+    return ModelArch(
+        vit_image_size=64, vit_patch_size=8, vit_hidden=96, vit_layers=3, vit_heads=4, vit_mlp=384,
+        llm_hidden=192, llm_layers=4, llm_heads=6, llm_kv_heads=2, llm_head_dim=32, llm_mlp=576,
+        dit_layers=4, dit_heads=4, dit_head_dim=32, dit_axes_rope=[8, 12, 12],
+        vae_base_dim=8, vae_res_blocks=1, vae_z_dim=8, vae_dim_mult=[1, 2, 2], vae_temperal_downsample=[False, True],
+        dit_vlm_cond_scale=0.5, gen_min_side=64, gen_max_side=64, gen_default_size=64,
+    )  # fmt: skip
+
+
+@dataclasses.dataclass
+class ShapesTinyConfig:
+    """Everything the recipe does; `internvlu train --recipe shapes-tiny key=value ...` overrides fields."""
+
+    output_dir: str = "runs/shapes-tiny"
+    seed: int = 0
+    num_threads: int | None = 2
+    world: WorldSettings = dataclasses.field(default_factory=WorldSettings)
+    synth: SynthSettings = dataclasses.field(default_factory=SynthSettings)
+    tokenizer: TokenizerSettings = dataclasses.field(default_factory=TokenizerSettings)
+    vae: VAESettings = dataclasses.field(default_factory=VAESettings)
+    arch: ModelArch = dataclasses.field(default_factory=embedded_arch)
+    understanding: StageSettings = dataclasses.field(default_factory=_understanding_stage)
+    generation: StageSettings = dataclasses.field(default_factory=_generation_stage)
+    unified: StageSettings = dataclasses.field(default_factory=_unified_stage)
+    eval: EvalSettings = dataclasses.field(default_factory=EvalSettings)
+    export_dtype: str = "bfloat16"
+    install_to: str | None = None  # copy the final model folder here (e.g. src/internvlu/assets/shapes-tiny)
+    stop_after: str | None = None  # pilots: stop after this step (synth, tokenizer, vae, init, latents, a stage)
+
+    STAGES = ("understanding", "generation", "unified")
+
+    def validate(self) -> ShapesTinyConfig:
+        if self.export_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"export_dtype must be float32 or bfloat16, got {self.export_dtype!r}")
+        if len(self.synth.task_weights) != len(ALL_TASKS):
+            raise ValueError(f"synth.task_weights needs {len(ALL_TASKS)} weights {ALL_TASKS}, got {self.synth.task_weights}")
+        self.vae.arch.validate()
+        self.arch.validate()
+        if self.vae.arch.downsample_factor != self.arch.vae_downsample_factor:
+            raise ValueError(
+                f"vae.arch gives a x{self.vae.arch.downsample_factor} VAE but arch.vae_dim_mult a "
+                f"x{self.arch.vae_downsample_factor} one; keep them equal"
+            )
+        if (self.vae.arch.z_dim, self.vae.arch.base_dim) != (self.arch.vae_z_dim, self.arch.vae_base_dim):
+            raise ValueError("vae.arch.z_dim/base_dim must equal arch.vae_z_dim/vae_base_dim")
+        if self.world.image_size % (2 * self.arch.vae_downsample_factor):
+            raise ValueError(f"world.image_size={self.world.image_size} must be a multiple of {2 * self.arch.vae_downsample_factor}")
+        self.world.shapes_config().validate()
+        known = ("synth", "tokenizer", "vae", "init", "latents", *self.STAGES)
+        if self.stop_after is not None and self.stop_after not in known:
+            raise ValueError(f"stop_after={self.stop_after!r}; known steps: {known}")
+        return self
+
+
+def shapes_tiny_config() -> ShapesTinyConfig:
+    """The shipped recipe (about 150 min on 2 CPU cores)."""
+    return ShapesTinyConfig()
+
+
+def shapes_tiny_smoke_config() -> ShapesTinyConfig:
+    """The same steps at toy sizes (well under a minute): CI's end-to-end check of the recipe's code path."""
+    cfg = ShapesTinyConfig(output_dir="runs/shapes-tiny-smoke")
+    cfg.synth = SynthSettings(num_samples=48, shard_size=48, workers=1)
+    cfg.tokenizer = TokenizerSettings(vocab_size=400, corpus_samples=64, template_repeats=5)
+    cfg.vae = VAESettings(
+        arch=VAEArch(base_dim=4, z_dim=4), train=VAETrainConfig(steps=2, batch_size=4, eval_every=2, num_val=4), num_images=24
+    )
+    cfg.arch = embedded_arch()
+    cfg.arch.vae_base_dim, cfg.arch.vae_z_dim = 4, 4
+    cfg.arch.vit_hidden, cfg.arch.vit_layers, cfg.arch.vit_mlp = 32, 1, 64
+    cfg.arch.llm_hidden, cfg.arch.llm_layers, cfg.arch.llm_mlp = 64, 1, 128
+    cfg.arch.llm_heads, cfg.arch.llm_kv_heads, cfg.arch.llm_head_dim = 4, 2, 16
+    cfg.arch.dit_layers, cfg.arch.dit_heads = 1, 1
+    for stage in (cfg.understanding, cfg.generation, cfg.unified):
+        stage.steps, stage.batch_size, stage.warmup_steps, stage.max_minutes = 2, 4, 1, None
+        stage.eval_num = 0
+    cfg.eval = EvalSettings(num=1, num_inference_steps=2, batch_size=8, max_thought_tokens=8, max_new_tokens=8)
+    cfg.export_dtype = "float32"
+    return cfg
+
+
+PIPELINE_RECIPES: dict[str, Callable[[], ShapesTinyConfig]] = {
+    "shapes-tiny": shapes_tiny_config,
+    "shapes-tiny-smoke": shapes_tiny_smoke_config,
+}
+
+
+def resolve_shapes_config(name: str, overrides: list[str]) -> ShapesTinyConfig:
+    from internvlu.training.config import apply_overrides
+    from internvlu.training.model_factory import arch_preset
+
+    if name not in PIPELINE_RECIPES:
+        raise ValueError(f"unknown pipeline recipe {name!r}; known: {sorted(PIPELINE_RECIPES)}")
+
+    def presets(tp: type, value: str) -> Any:
+        if tp is ModelArch:
+            return embedded_arch() if value == "embedded" else arch_preset(value)
+        raise ValueError(f"no named presets for {tp.__name__}")
+
+    return apply_overrides(PIPELINE_RECIPES[name](), overrides, presets=presets).validate()
+
+
+def config_to_dict(cfg: ShapesTinyConfig) -> dict[str, Any]:
+    from internvlu.training.config import to_dict
+
+    return to_dict(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps
+# --------------------------------------------------------------------------------------------------
+
+
+class _Timeline:
+    """Wall-clock minutes per step, written to `timeline.json` after each (resumed runs add to it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"steps": {}, "curve": []}
+
+    @property
+    def minutes(self) -> float:
+        return round(sum(v["minutes"] for v in self.data["steps"].values()), 3)
+
+    def done(self, name: str) -> bool:
+        return name in self.data["steps"]
+
+    def record(self, name: str, minutes: float, **info: Any) -> None:
+        self.data["steps"][name] = {"minutes": round(minutes, 3), **info}
+        self.save()
+
+    def point(self, stage: str, scores: dict[str, Any]) -> None:
+        self.data["curve"].append({"after": stage, "minutes": self.minutes, **_headline(scores)})
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+
+
+def _headline(scores: dict[str, Any]) -> dict[str, Any]:
+    g = scores["geneval"]
+    return {
+        "num": scores["num"], "geneval_overall": round(g["overall"], 4), "single_object": round(g["single_object"], 4),
+        "colors": round(g["colors"], 4), "vqa": round(scores["vqa"], 4), "edit": round(scores["edit"], 4),
+        "think": round(scores["think"], 4), "think_off": None if scores["think_off"] is None else round(scores["think_off"], 4),
+    }  # fmt: skip
+
+
+def _sample_texts(cfg: ShapesTinyConfig) -> list[str]:
+    """Text of fresh shapes samples (its own seed stream): prompts, questions, answers, thoughts."""
+    from internvlu.synthesis.runner import RejectSample
+    from internvlu.synthesis.shapes import ShapesGenerator
+
+    gen = ShapesGenerator(cfg.world.shapes_config(ALL_TASKS, tuple(cfg.synth.task_weights)))
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0x70C,)))
+    texts: list[str] = []
+    n = 0
+    while n < cfg.tokenizer.corpus_samples:
+        try:
+            s = gen.sample(rng, f"tok-{n}")
+        except RejectSample:
+            continue
+        n += 1
+        texts += [m.content for m in s.messages]
+        texts += [t for t in (s.prompt, s.thought) if t]
+    return texts
+
+
+def _vae_images(cfg: ShapesTinyConfig) -> torch.Tensor:
+    from internvlu.embedded.vae import images_to_tensor
+    from internvlu.synthesis.runner import RejectSample
+    from internvlu.synthesis.shapes import ShapesGenerator
+
+    gen = ShapesGenerator(cfg.world.shapes_config(ALL_TASKS, tuple(cfg.synth.task_weights)))
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0x7AE,)))
+    images: list[np.ndarray] = []
+    while len(images) < cfg.vae.num_images:
+        try:
+            s = gen.sample(rng, f"vae-{len(images)}")
+        except RejectSample:
+            continue
+        images += [np.asarray(ref.load().convert("RGB")) for ref in s.all_images()]
+    return images_to_tensor(images[: cfg.vae.num_images])
+
+
+def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: Path, out: Path):
+    from internvlu.training.config import (
+        CheckpointConfig, DataConfig, DropConfig, LogConfig, LoopConfig, LossConfig, ModelConfig, OptimConfig,
+        ResolutionConfig, SampleConfig, TrainConfig,
+    )  # fmt: skip
+
+    last = name == ShapesTinyConfig.STAGES[-1]
+    return TrainConfig(
+        name=f"shapes-tiny/{name}",
+        output_dir=str(out / name),
+        seed=cfg.seed,
+        model=ModelConfig(init="pretrained", path=str(init), trainable=list(stage.trainable)),
+        data=DataConfig(
+            sources=[str(out / "data")], task_weights=dict(stage.task_weights),
+            resolution=ResolutionConfig(mode="fixed", size=cfg.world.image_size), drop=DropConfig(),
+            use_reference_latents=True, check_images=False, num_workers=1, latent_cache=str(out / "latents"),
+        ),  # fmt: skip
+        loss=LossConfig(ntp_weight=stage.ntp_weight, flow_weight=stage.flow_weight),
+        optim=OptimConfig(
+            lr=stage.lr, weight_decay=stage.weight_decay, clip_grad_norm=1.0, warmup_steps=stage.warmup_steps,
+            schedule="cosine", min_lr_ratio=0.1,
+        ),  # fmt: skip
+        train=LoopConfig(
+            steps=stage.steps, global_batch_size=stage.batch_size, micro_batch_size=stage.batch_size,
+            dtype="float32", max_minutes=stage.max_minutes, num_threads=cfg.num_threads,
+        ),  # fmt: skip
+        checkpoint=CheckpointConfig(
+            every=max(1, stage.steps // 4), keep_last=1, export_dtype=cfg.export_dtype if last else "float32"
+        ),
+        logging=LogConfig(every=max(1, min(25, stage.steps // 10)), progress=False, tensorboard=False, plot=True),
+        samples=SampleConfig(every=0, at_end=False),
+    ).validate()
+
+
+def _evaluate(model_dir: Path, cfg: ShapesTinyConfig, num: int, report_dir: Path | None = None) -> dict[str, Any]:
+    from internvlu.evaluation.shapes import evaluate_shapes
+    from internvlu.pipeline import InternVLUPipeline
+
+    pipe = InternVLUPipeline.from_pretrained(str(model_dir), dtype=torch.float32, device="cpu")
+    e = cfg.eval
+    return evaluate_shapes(
+        pipe, num, e.seed, config=cfg.world.shapes_config(), batch_size=e.batch_size,
+        num_inference_steps=e.num_inference_steps, all_cfg_scale=e.all_cfg_scale, part_cfg_scale=e.part_cfg_scale,
+        max_thought_tokens=e.max_thought_tokens, max_new_tokens=e.max_new_tokens, report_dir=report_dir,
+    )  # fmt: skip
+
+
+def folder_size_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 3)
+
+
+def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole recipe; returns the model card dict (also written to model/card.json)."""
+    from internvlu.embedded.tokenizer import train_tokenizer
+    from internvlu.embedded.vae import build_vae, train_vae
+    from internvlu.synthesis.runner import run_synthesis
+    from internvlu.training.model_factory import build_fresh_pipeline
+    from internvlu.training.precompute import precompute_latents
+    from internvlu.training.trainer import Trainer
+
+    cfg.validate()
+    say = log or (lambda msg: logger.info(msg))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    (out / "recipe.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n", encoding="utf-8")
+    tl = _Timeline(out / "timeline.json")
+
+    def step(name: str, fn: Callable[[], dict[str, Any] | None]) -> None:
+        if tl.done(name):
+            say(f"{name}: done before ({tl.data['steps'][name]['minutes']} min), skipped")
+            return
+        say(f"{name}: start (at {tl.minutes:.1f} min)")
+        t0 = time.perf_counter()
+        info = fn() or {}
+        tl.record(name, (time.perf_counter() - t0) / 60, **info)
+        say(f"{name}: {tl.data['steps'][name]}")
+
+    def synth() -> dict[str, Any]:
+        s = cfg.synth
+        manifest = run_synthesis(
+            "shapes", out / "data", s.num_samples, seed=cfg.seed, workers=s.workers, shard_size=s.shard_size,
+            config=cfg.world.shapes_config(ALL_TASKS, tuple(s.task_weights)), contact_sheet_samples=16,
+        )  # fmt: skip
+        return {"num_samples": manifest["num_samples"]}
+
+    def tokenizer() -> dict[str, Any]:
+        t = cfg.tokenizer
+        tok = train_tokenizer(_sample_texts(cfg), out / "tokenizer", t.vocab_size, t.template_repeats)
+        return {"vocab": len(tok)}
+
+    def vae() -> dict[str, Any]:
+        images = _vae_images(cfg)
+        if cfg.vae.pretrained:
+            from diffusers import AutoencoderKLQwenImage
+
+            from internvlu.embedded.vae import psnr
+
+            model = AutoencoderKLQwenImage.from_pretrained(cfg.vae.pretrained).float().eval()
+            model.save_pretrained(str(out / "vae"))
+            db = round(psnr(model, images[-cfg.vae.train.num_val :]), 3)
+            return {"psnr": db, "pretrained": cfg.vae.pretrained, "params": sum(p.numel() for p in model.parameters())}
+        model, history = train_vae(cfg.vae.arch, images, cfg.vae.train, log=lambda e: say(f"vae: {e}"))
+        model.save_pretrained(str(out / "vae"))
+        (out / "vae" / "history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+        return {"psnr": history[-1]["psnr"], "steps": history[-1]["step"], "params": sum(p.numel() for p in model.parameters())}
+
+    def init() -> dict[str, Any]:
+        from diffusers import AutoencoderKLQwenImage
+
+        trained = AutoencoderKLQwenImage.from_pretrained(str(out / "vae"))
+        arch = dataclasses.replace(
+            cfg.arch, vae_latents_mean=list(trained.config.latents_mean), vae_latents_std=list(trained.config.latents_std)
+        )
+        pipe = build_fresh_pipeline(arch, cfg.seed, str(out / "tokenizer"))
+        pipe.vae.load_state_dict(trained.state_dict())
+        pipe.save_pretrained(out / "init")
+        params = {n: sum(p.numel() for p in m.parameters()) for n, m in (("vlm", pipe.vlm), ("generation_decoder", pipe.generation_decoder), ("vae", pipe.vae))}
+        return {"params": params}
+
+    def latents() -> dict[str, Any]:
+        tc = _stage_config(cfg, "unified", cfg.unified, out / "init", out)
+        tc.data.task_weights = {k: 1.0 for k in ALL_TASKS}
+        return {"counts": precompute_latents(tc)}
+
+    for name, fn in (("synth", synth), ("tokenizer", tokenizer), ("vae", vae), ("init", init), ("latents", latents)):
+        step(name, fn)
+        if cfg.stop_after == name:
+            return {"stopped_after": name, "timeline": tl.data}
+
+    current = out / "init"
+    for name in ShapesTinyConfig.STAGES:
+        stage: StageSettings = getattr(cfg, name)
+        tc = _stage_config(cfg, name, stage, current, out)
+
+        def run_stage(tc=tc, stage=stage, name=name) -> dict[str, Any]:
+            result = Trainer(tc).train()
+            last = result.history[-1] if result.history else {}
+            return {"steps": result.step, "loss": last.get("loss"), "loss_ntp": last.get("loss_ntp"), "loss_flow": last.get("loss_flow")}
+
+        step(name, run_stage)
+        current = out / name / "export"
+        if stage.eval_num and not tl.done(f"eval-{name}"):
+            t0 = time.perf_counter()
+            scores = _evaluate(current, cfg, stage.eval_num)
+            tl.record(f"eval-{name}", (time.perf_counter() - t0) / 60, **_headline(scores))
+            tl.point(name, scores)
+            say(f"eval after {name}: {_headline(scores)}")
+        if cfg.stop_after == name:
+            return {"stopped_after": name, "timeline": tl.data}
+
+    model_dir = out / "model"
+
+    def final() -> dict[str, Any]:
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(current, model_dir)
+        scores = _evaluate(model_dir, cfg, cfg.eval.num, report_dir=out / "eval")
+        (out / "eval" / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n", encoding="utf-8")
+        return {"scores": _headline(scores)}
+
+    step("final-eval", final)
+    from internvlu.embedded.card import write_model_card
+
+    card = write_model_card(model_dir, cfg, tl.data, json.loads((out / "eval" / "scores.json").read_text()))
+    if cfg.install_to:
+        dest = Path(cfg.install_to)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(model_dir, dest)
+        say(f"installed to {dest}")
+    say(f"model: {model_dir} ({folder_size_mb(model_dir)} MB), total {tl.minutes:.1f} min")
+    return card

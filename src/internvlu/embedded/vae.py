@@ -1,0 +1,221 @@
+"""Train the embedded model's small Qwen-Image VAE (`AutoencoderKLQwenImage`) on shapes-world images.
+
+The VAE keeps the release's class and code path (5-D `[B, C, T=1, H, W]` tensors, causal 3-D convolutions), only
+smaller: e.g. base_dim 8, z_dim 8 and dim_mult [1, 2, 2] give a x4 spatial autoencoder. Two things make it
+trainable on two CPU cores:
+
+* `single_frame_convs`: for one frame and no feature cache, a causal 3-D convolution sees two zero-padded past
+  frames, so its output equals a 2-D convolution with the last temporal tap of its kernel. Swapping the forward
+  for that 2-D convolution is exact (same weights, same outputs) and cuts the encoder/decoder cost about 3x.
+* flat-colour images: L1 + MSE with a tiny KL weight reaches > 30 dB within minutes at a high learning rate.
+
+After training, `latents_mean` / `latents_std` are set to the per-channel statistics of the posterior means on
+the training images, so the diffusion head sees unit-variance latents (as the release's values do for its VAE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass
+class VAEArch:
+    """Structure of the small Qwen-Image VAE; the spatial factor is 2 ** (len(dim_mult) - 1)."""
+
+    base_dim: int = 8
+    z_dim: int = 8
+    dim_mult: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    temperal_downsample: list[bool] = dataclasses.field(default_factory=lambda: [False, True])
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    def validate(self) -> None:
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"temperal_downsample {self.temperal_downsample} needs len(dim_mult) - 1 = {len(self.dim_mult) - 1} "
+                "entries"
+            )
+        if self.base_dim < 1 or self.z_dim < 1 or self.num_res_blocks < 1:
+            raise ValueError(f"VAE sizes must be >= 1, got {self}")
+
+
+@dataclasses.dataclass
+class VAETrainConfig:
+    lr: float = 3e-3
+    batch_size: int = 16
+    steps: int = 2000
+    max_minutes: float | None = None
+    kl_weight: float = 1e-6
+    warmup_steps: int = 20
+    seed: int = 0
+    eval_every: int = 100
+    num_val: int = 64
+    # Train on random crops of this side (None: whole images); the VAE is fully convolutional apart from its
+    # mid-block attention, and 32 px crops of 64 px images cost a quarter of the compute per sample.
+    crop_size: int | None = 32
+    # Initial posterior log-variance. diffusers' init gives logvar ~ 0 (latent noise std 1), and Adam needs
+    # thousands of steps to walk the bias down before the decoder sees a usable signal; starting at -8
+    # (std 0.02) makes the autoencoder learn from the first step while keeping it a VAE.
+    init_logvar: float = -8.0
+
+
+def build_vae(arch: VAEArch, latents_mean: Sequence[float] | None = None, latents_std: Sequence[float] | None = None):
+    from diffusers import AutoencoderKLQwenImage
+
+    arch.validate()
+    return AutoencoderKLQwenImage(
+        base_dim=arch.base_dim, z_dim=arch.z_dim, dim_mult=list(arch.dim_mult), num_res_blocks=arch.num_res_blocks,
+        attn_scales=[], temperal_downsample=list(arch.temperal_downsample), dropout=0.0,
+        latents_mean=list(latents_mean) if latents_mean is not None else [0.0] * arch.z_dim,
+        latents_std=list(latents_std) if latents_std is not None else [1.0] * arch.z_dim,
+    )  # fmt: skip
+
+
+def _single_frame_forward(conv: nn.Conv3d) -> Callable[..., torch.Tensor]:
+    original = conv.forward
+    pad_w, _, pad_h, _, pad_t, _ = conv._padding  # (w, w, h, h, 2*p_t, 0)
+    k_t = conv.kernel_size[0]
+
+    def forward(x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+        # Exact only for one frame, no cache, unit temporal stride and a causal pad of k_t - 1 zero frames.
+        if x.shape[2] != 1 or cache_x is not None or conv.stride[0] != 1 or pad_t != k_t - 1:
+            return original(x, cache_x)
+        weight = conv.weight[:, :, -1]  # [out, in, kh, kw]: the tap that meets the real frame
+        y = F.conv2d(x[:, :, 0], weight, conv.bias, stride=conv.stride[1:], padding=(pad_h, pad_w))
+        return y[:, :, None]  # [B, C, 1, H, W]
+
+    return forward
+
+
+@contextlib.contextmanager
+def single_frame_convs(vae: nn.Module) -> Iterator[nn.Module]:
+    """Run `vae`'s causal 3-D convolutions as the equivalent 2-D convolutions for one-frame inputs (exact)."""
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
+
+    # Nested use (e.g. psnr() inside train_vae) leaves the outer patch in place.
+    convs = [m for m in vae.modules() if isinstance(m, QwenImageCausalConv3d) and "forward" not in m.__dict__]
+    for conv in convs:
+        conv.forward = _single_frame_forward(conv)
+    try:
+        yield vae
+    finally:
+        for conv in convs:
+            del conv.forward  # back to the class method
+
+
+def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 [H, W, 3] arrays -> float [N, 3, H, W] in [-1, 1] (the pipeline's VAE input range)."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def psnr(vae: nn.Module, images: torch.Tensor, batch_size: int = 64) -> float:
+    """Reconstruction PSNR (dB, images in [0, 1]) through the posterior mean, as the pipeline encodes."""
+    mse, n = 0.0, 0
+    with torch.no_grad(), single_frame_convs(vae):
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size, :, None]  # [B, 3, 1, H, W]
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            mse += ((y - x) / 2).pow(2).mean(dim=(1, 2, 3, 4)).sum().item()
+            n += len(x)
+    return 10 * math.log10(1.0 / max(mse / n, 1e-12))
+
+
+@torch.no_grad()
+def latent_statistics(vae: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means over `images`."""
+    mus = []
+    with single_frame_convs(vae):
+        for i in range(0, len(images), batch_size):
+            mus.append(vae.encode(images[i : i + batch_size, :, None]).latent_dist.mode()[:, :, 0])
+    mu = torch.cat(mus)  # [N, z, h, w]
+    mean = mu.mean(dim=(0, 2, 3))
+    std = mu.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+
+
+def _random_crops(x: torch.Tensor, size: int | None, gen: torch.Generator) -> torch.Tensor:
+    if size is None or size >= x.shape[-1]:
+        return x
+    h, w = x.shape[-2:]
+    ys = torch.randint(0, h - size + 1, (len(x),), generator=gen).tolist()
+    xs = torch.randint(0, w - size + 1, (len(x),), generator=gen).tolist()
+    return torch.stack([img[:, y : y + size, c : c + size] for img, y, c in zip(x, ys, xs)])
+
+
+def train_vae(
+    arch: VAEArch,
+    images: torch.Tensor,
+    config: VAETrainConfig,
+    log: Callable[[dict], None] | None = None,
+):
+    """Train a fresh VAE of `arch` on `images` ([N, 3, H, W] in [-1, 1]); returns (vae, history).
+
+    The last `config.num_val` images are held out for the PSNR curve; the returned VAE has its latents_mean /
+    latents_std set from the training images.
+    """
+    if len(images) <= config.num_val:
+        raise ValueError(f"need more than num_val={config.num_val} images, got {len(images)}")
+    torch.manual_seed(config.seed)
+    vae = build_vae(arch).float().train()
+    with torch.no_grad():
+        vae.quant_conv.weight[arch.z_dim :].mul_(0.1)  # [2z, 2z, 1, 1, 1]: the logvar half
+        vae.quant_conv.bias[arch.z_dim :].fill_(config.init_logvar)
+    train, val = images[: -config.num_val], images[-config.num_val :]
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    step = 0
+    with single_frame_convs(vae):
+        while step < config.steps:
+            if config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes:
+                break
+            # Cosine decay after a short warm-up: the last steps sharpen edges.
+            warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+            lr = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, len(train), (config.batch_size,), generator=gen)
+            x = _random_crops(train[idx], config.crop_size, gen)[:, :, None]  # [B, 3, 1, H, W]
+            posterior = vae.encode(x).latent_dist
+            y = vae.decode(posterior.sample(generator=gen)).sample
+            rec = (y - x).abs().mean() + (y - x).pow(2).mean()
+            kl = posterior.kl().mean() / x[0].numel()
+            loss = rec + config.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            if step % config.eval_every == 0 or step == config.steps:
+                vae.eval()
+                entry = {
+                    "step": step, "minutes": round((time.perf_counter() - start) / 60, 3),
+                    "cpu_minutes": round((time.process_time() - cpu_start) / 60, 3),
+                    "loss": round(loss.item(), 5), "psnr": round(psnr(vae, val), 3),
+                }  # fmt: skip
+                vae.train()
+                history.append(entry)
+                if log:
+                    log(entry)
+    vae.eval()
+    if not history or history[-1]["step"] != step:
+        history.append({"step": step, "minutes": round((time.perf_counter() - start) / 60, 3), "psnr": round(psnr(vae, val), 3)})
+        if log:
+            log(history[-1])
+    mean, std = latent_statistics(vae, train[:512])
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    return vae, history
