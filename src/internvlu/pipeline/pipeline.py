@@ -584,6 +584,12 @@ class InternVLUPipeline:
     def _stop_ids(self) -> list[int]:
         return [self.token_ids[IM_END_TOKEN], self.token_ids[IMG_START_TOKEN]]
 
+    def _generation_pad_id(self) -> int:
+        """Filler after a row stops, as the reference gets it from transformers: the LLM config's pad id,
+        else the first stop id."""
+        pad = getattr(self.vlm.llm_config, "pad_token_id", None)
+        return self._stop_ids()[0] if pad is None else int(pad)
+
     def _pad_id(self) -> int:
         pad = self.processor.tokenizer.pad_token_id
         return self.token_ids[IM_END_TOKEN] if pad is None else int(pad)
@@ -604,7 +610,7 @@ class InternVLUPipeline:
                 attention_mask.to(device),
                 None if pixel_values is None else pixel_values.to(device, self.dtype),
                 eos_token_id=self._stop_ids(),
-                pad_token_id=self._pad_id(),
+                pad_token_id=self._generation_pad_id(),
                 streamer=streamer,
                 **kw,
             )
