@@ -5,7 +5,6 @@ stand-in scripts with the real command lines. Also the judge client: retries, ca
 
 from __future__ import annotations
 
-import argparse
 import http.server
 import io
 import json
@@ -20,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eval_helpers import CKPT, run_eval, tiny_pipeline
 from PIL import Image
 
 import internvlu.evaluation.cli as eval_cli
-from internvlu.evaluation.cli import add_eval_parser
 from internvlu.evaluation.judge import Judge, JudgeConfig, JudgeError, JudgeRequest, parse_json_reply
 
-CKPT = Path(__file__).parent / "data" / "parity" / "tiny-ckpt"
 GENEVAL_LINES = (
     (Path(eval_cli.__file__).parent / "data" / "geneval_evaluation_metadata.jsonl").read_text().splitlines()
 )
@@ -120,7 +118,7 @@ def judge() -> Iterator[FakeJudge]:
 
 @pytest.fixture(scope="module")
 def pipe() -> Any:
-    return eval_cli.load_pipeline(str(CKPT), "cpu", "float32")
+    return tiny_pipeline()
 
 
 @pytest.fixture()
@@ -129,10 +127,7 @@ def run(pipe: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     monkeypatch.setattr(eval_cli, "load_pipeline", lambda *a: pipe)
 
     def call(argv: list[str], expect: int = 0) -> str:
-        parser = argparse.ArgumentParser()
-        add_eval_parser(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(argv)
-        assert args.func(args) == expect
+        assert run_eval(argv) == expect
         return capsys.readouterr().out
 
     return call

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from eval_helpers import CKPT, parse_eval
 from PIL import Image
 
 from internvlu.evaluation.cli import add_eval_parser, build_settings, parse_options
@@ -15,8 +16,6 @@ from internvlu.evaluation.geneval import GenEval
 from internvlu.evaluation.runner import image_grid, parse_shard, read_records, run_benchmark, score_benchmark
 from internvlu.evaluation.settings import EvalSettings, load_settings, model_fingerprint, store_settings
 from internvlu.pipeline.outputs import ChatResult, ImageResult
-
-CKPT = Path(__file__).parent / "data" / "parity" / "tiny-ckpt"
 
 
 class FakePipe:
@@ -58,14 +57,8 @@ class FakePipe:
         return ChatResult(texts=[f"answer {p[-3:]}" for p in prompts], token_ids=[[] for _ in prompts])
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_eval_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 def _settings(out: Path, **changes) -> EvalSettings:
-    args = _parse(
+    args = parse_eval(
         [
             "eval",
             "geneval",
@@ -212,7 +205,7 @@ def test_every_eval_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_scoring_options_are_not_pinned(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = _parse(
+    args = parse_eval(
         ["eval", "geneval", "--model", str(CKPT), "--out", str(out), "--height", "32", "--width", "32"]
     )
     store_settings(out, build_settings(args, GenEval(None, limit=2)))

@@ -3,7 +3,6 @@ and the VLMEvalKit / lmms-eval adapters driven through stand-in packages with th
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import importlib
@@ -16,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eval_helpers import CKPT, run_eval, tiny_pipeline
 from PIL import Image
 
 import internvlu.evaluation.cli as eval_cli
 import internvlu.evaluation.understanding as und
-from internvlu.evaluation.cli import add_eval_parser
-
-CKPT = Path(__file__).parent / "data" / "parity" / "tiny-ckpt"
 
 
 @pytest.fixture(scope="module")
 def pipe() -> Any:
-    return eval_cli.load_pipeline(str(CKPT), "cpu", "float32")
+    return tiny_pipeline()
 
 
 @pytest.fixture()
@@ -36,10 +33,7 @@ def run(pipe: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtur
     monkeypatch.setattr(und, "_load_pipe", lambda *a: pipe)
 
     def call(argv: list[str]) -> str:
-        parser = argparse.ArgumentParser()
-        add_eval_parser(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(argv)
-        assert args.func(args) == 0
+        assert run_eval(argv) == 0
         return capsys.readouterr().out
 
     return call

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synth_helpers import draw_samples
 
 from internvlu.data import Sample, SampleReader
-from internvlu.synthesis import RejectSample, run_synthesis
+from internvlu.synthesis import run_synthesis
 
 pytest.importorskip("matplotlib")
 needs_rdkit = pytest.mark.skipif(importlib.util.find_spec("rdkit") is None, reason="RDKit not installed")
@@ -26,18 +27,6 @@ from internvlu.synthesis.science_chem import (
     mol_from_smiles,
 )
 from internvlu.synthesis.science_cs import FAMILIES, CsConfig, CsGenerator
-
-
-def _samples(generator, n: int, seed: int = 0) -> list[Sample]:  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(seed)
-    out: list[Sample] = []
-    while len(out) < n:
-        try:
-            out.append(generator.sample(rng, f"s{len(out)}"))
-        except RejectSample:
-            continue
-    return out
-
 
 # --------------------------------------------------------------------------------------------------
 # Chemistry
@@ -71,7 +60,7 @@ def test_builtin_molecules_parse_and_facts_are_exact() -> None:
 
 @needs_rdkit
 def test_chem_samples_carry_exact_ground_truth() -> None:
-    samples = _samples(ChemGenerator(ChemConfig(image_size=192)), 30)
+    samples = draw_samples(ChemGenerator(ChemConfig(image_size=192)), 30)
     assert {s.task for s in samples} == {"t2i", "think", "understanding"}
     assert {s.meta["source"] for s in samples} == {"builtin", "procedural"}
     for sample in samples:
@@ -98,7 +87,7 @@ def test_chem_molecules_file_and_determinism(tmp_path: Path) -> None:
     good = tmp_path / "mols.tsv"
     good.write_text("# name<TAB>SMILES\nmy ester\tCCOC(=O)C\nc1ccncc1\n", encoding="utf-8")
     generator = ChemGenerator(ChemConfig(image_size=160, sources=("file",), molecules_file=str(good)))
-    a, b = _samples(generator, 4, seed=3), _samples(generator, 4, seed=3)
+    a, b = draw_samples(generator, 4, seed=3), draw_samples(generator, 4, seed=3)
     assert {s.meta["smiles"] for s in a} <= {"CCOC(C)=O", "c1ccncc1"}
     assert [s.all_images()[0].png_bytes() for s in a] == [s.all_images()[0].png_bytes() for s in b]
     bad = tmp_path / "bad.tsv"
@@ -116,7 +105,7 @@ def test_chem_molecules_file_and_determinism(tmp_path: Path) -> None:
 def cs_pool() -> dict[str, list[Sample]]:
     pools: dict[str, list[Sample]] = {}
     for family in FAMILIES:
-        pools[family] = _samples(CsGenerator(CsConfig(image_size=192, families=(family,))), 3, seed=1)
+        pools[family] = draw_samples(CsGenerator(CsConfig(image_size=192, families=(family,))), 3, seed=1)
     return pools
 
 
@@ -214,8 +203,8 @@ def test_cs_targets_align_with_inputs(cs_pool: dict[str, list[Sample]]) -> None:
 
 @needs_rdkit
 def test_cs_determinism_thoughts_and_loader(tmp_path: Path) -> None:
-    a = _samples(CsGenerator(CsConfig(image_size=192, tasks=("think",))), 4, seed=9)
-    b = _samples(CsGenerator(CsConfig(image_size=192, tasks=("think",))), 4, seed=9)
+    a = draw_samples(CsGenerator(CsConfig(image_size=192, tasks=("think",))), 4, seed=9)
+    b = draw_samples(CsGenerator(CsConfig(image_size=192, tasks=("think",))), 4, seed=9)
     assert [s.thought for s in a] == [s.thought for s in b]
     assert [s.target.png_bytes() for s in a] == [s.target.png_bytes() for s in b]
     assert all(s.thought and "<think>" not in s.thought for s in a)

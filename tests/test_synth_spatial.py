@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synth_helpers import draw_samples
 
 from internvlu.data import Sample, SampleReader
-from internvlu.synthesis import RejectSample, run_synthesis
+from internvlu.synthesis import run_synthesis
 
 pytest.importorskip("matplotlib")
 
@@ -29,13 +30,7 @@ SIZE = 192
 
 
 def _samples(config: SpatialConfig, n: int, seed: int = 0) -> list[Sample]:
-    generator, rng, out = SpatialGenerator(config), np.random.default_rng(seed), []
-    while len(out) < n:
-        try:
-            out.append(generator.sample(rng, f"s{len(out)}"))
-        except RejectSample:
-            continue
-    return out
+    return draw_samples(SpatialGenerator(config), n, seed)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synth_helpers import draw_samples
 
 from internvlu.data import Sample, SampleReader
 from internvlu.synthesis import RejectSample, TextConfig, TextGenerator, run_synthesis, text_render
@@ -31,16 +32,8 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pool(config: TextConfig, n: int, seed: int = 0) -> tuple[list[Sample], Counter[str]]:
-    generator = TextGenerator(config)
-    rng = np.random.default_rng(seed)
-    samples: list[Sample] = []
     rejected: Counter[str] = Counter()
-    while len(samples) < n:
-        try:
-            samples.append(generator.sample(rng, f"t{len(samples)}"))
-        except RejectSample as rej:
-            rejected[rej.reason] += 1
-    return samples, rejected
+    return draw_samples(TextGenerator(config), n, seed, prefix="t", rejected=rejected), rejected
 
 
 @pytest.fixture(scope="module")

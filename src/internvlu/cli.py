@@ -110,7 +110,8 @@ class BatchOptions:
 
 
 # ---------------------------------------------------------------------- shared helpers
-def _default_device() -> str:
+def default_device() -> str:
+    """The best local device: CUDA, else Apple MPS, else CPU (also the `internvlu eval` default)."""
     import torch
 
     if torch.cuda.is_available():
@@ -123,7 +124,7 @@ def _default_device() -> str:
 def _resolve_device_dtype(opts: ModelOptions) -> tuple[str, Any]:
     import torch
 
-    device = opts.device or _default_device()
+    device = opts.device or default_device()
     name = opts.dtype or ("float32" if device == "cpu" else "bfloat16")
     return device, getattr(torch, name)
 

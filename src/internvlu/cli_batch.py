@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,15 +60,21 @@ def read_results(path: Path) -> dict[int, dict[str, Any]]:
     done: dict[int, dict[str, Any]] = {}
     if not path.is_file():
         return done
+    for record in _parsed_lines(path):
+        if isinstance(record, dict) and isinstance(record.get("line"), int):
+            done[record["line"]] = record
+    return done
+
+
+def _parsed_lines(path: Path) -> Iterator[Any]:
+    """The JSON value of every line of a results file that parses; a torn line is skipped."""
     with path.open(encoding="utf-8") as fh:
         for raw in fh:
             try:
                 record = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("line"), int):
-                done[record["line"]] = record
-    return done
+            yield record
 
 
 def check_keys(request: dict[str, Any], allowed: set[str], line: int) -> None:
@@ -130,15 +136,11 @@ def run_batch(
 
 
 def _rewrite_without(path: Path, lines: set[int]) -> None:
-    kept = []
-    with path.open(encoding="utf-8") as fh:
-        for raw in fh:
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if record.get("line") not in lines:
-                kept.append(json.dumps(record, ensure_ascii=False) + "\n")
+    kept = [
+        json.dumps(record, ensure_ascii=False) + "\n"
+        for record in _parsed_lines(path)
+        if record.get("line") not in lines
+    ]
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
     os.replace(tmp, path)

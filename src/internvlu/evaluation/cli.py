@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from internvlu.cli import default_device
 from internvlu.evaluation.registry import BENCHMARKS, EDITING, GENERATION, UNDERSTANDING
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -170,16 +171,6 @@ def _add_shapes_parser(sub: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 # Resolution helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def resolve_model(model: str | None) -> str:

@@ -23,13 +23,13 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from internvlu.evaluation.runner import Benchmark, EvalItem, Generated, image_grid, save_image
+from internvlu.evaluation.runner import EvalItem, Generated, KeyPngBenchmark, image_grid, save_image
 from internvlu.evaluation.settings import EvalSettings
 
 PAPER_CATEGORIES: tuple[str, ...] = ("global", "entity", "attribute", "relation", "other")
 
 
-class DPGBench(Benchmark):
+class DPGBench(KeyPngBenchmark):
     name = "dpg"
     kind = "t2i"
     title = "DPG-Bench"
@@ -72,9 +72,6 @@ class DPGBench(Benchmark):
             )
         assert settings.height is not None  # resolved by build_settings
         return settings.height
-
-    def outputs(self, item: EvalItem, out: Path, settings: EvalSettings) -> list[Path]:
-        return [self.layout_dir(out) / f"{item.key}.png"]
 
     def write_item(self, item: EvalItem, result: Generated, out: Path, settings: EvalSettings) -> None:
         self._check_size(settings)

@@ -39,8 +39,9 @@ from internvlu.evaluation.judge import (
     load_json_prompts,
     parse_json_reply,
     python_string_constants,
+    write_judgements,
 )
-from internvlu.evaluation.runner import Benchmark, EvalItem, Generated, load_rgb, save_image
+from internvlu.evaluation.runner import Benchmark, EvalItem, Generated, generated_text, load_rgb, save_image
 from internvlu.evaluation.settings import EvalSettings
 
 TASK_TYPES: tuple[str, ...] = (
@@ -160,8 +161,7 @@ class GEditBench(Benchmark):
     def write_item(self, item: EvalItem, result: Generated, out: Path, settings: EvalSettings) -> None:
         edited, source = self.outputs(item, out, settings)
         save_image(load_rgb(item.images[0]), source)
-        extra = {"prompt": item.prompt, **({"thought": result.thought} if result.thought else {})}
-        save_image(result.images[0], edited, settings, extra)
+        save_image(result.images[0], edited, settings, generated_text(item, result))
 
     def check_layout(self, out: Path, settings: EvalSettings) -> list[str]:
         problems = []
@@ -242,9 +242,7 @@ class GEditBench(Benchmark):
             per.setdefault(group, []).append(triple)
             if item.meta["intersection"]:
                 inter.setdefault(group, []).append(triple)
-        (out / "gedit_judgements.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-        )
+        write_judgements(out / "gedit_judgements.jsonl", rows)
         result: dict[str, Any] = {"failed": failed, "judged": len(items)}
         for lang in sorted({g[0] for g in per}):
             full = _category_means({t: v for (lg, t), v in per.items() if lg == lang})

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from internvlu.evaluation.judge import Judge, JudgeRequest, load_json_prompts
-from internvlu.evaluation.runner import Benchmark, EvalItem, Generated, load_rgb, save_image
+from internvlu.evaluation.runner import EvalItem, KeyPngBenchmark, load_rgb
 from internvlu.evaluation.settings import EvalSettings
 
 EDIT_TYPES: tuple[str, ...] = (
@@ -56,7 +56,7 @@ def imgedit_sample_score(reply: str) -> float | None:
     return round(sum(scores) / len(scores), 2) if scores else None
 
 
-class ImgEdit(Benchmark):
+class ImgEdit(KeyPngBenchmark):
     name = "imgedit"
     kind = "edit"
     title = "ImgEdit-Bench (basic)"
@@ -109,18 +109,6 @@ class ImgEdit(Benchmark):
                 f"ImgEdit original image {item.images[0]} not found (set --option image_root=)"
             )
         return [load_rgb(item.images[0])]
-
-    def outputs(self, item: EvalItem, out: Path, settings: EvalSettings) -> list[Path]:
-        return [self.layout_dir(out) / f"{item.key}.png"]
-
-    def write_item(self, item: EvalItem, result: Generated, out: Path, settings: EvalSettings) -> None:
-        extra = {"prompt": item.prompt, **({"thought": result.thought} if result.thought else {})}
-        save_image(result.images[0], self.outputs(item, out, settings)[0], settings, extra)
-
-    def check_layout(self, out: Path, settings: EvalSettings) -> list[str]:
-        root = self.layout_dir(out)
-        missing = [it.key for it in self.items() if not (root / f"{it.key}.png").is_file()]
-        return [f"{root}: missing <key>.png for keys {missing[:8]}"] if missing else []
 
     def score(
         self,

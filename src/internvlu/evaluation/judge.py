@@ -321,6 +321,11 @@ def load_json_prompts(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def write_judgements(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """The per-item judge replies and scores of a benchmark, one JSON object per line."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
 # --------------------------------------------------------------------------------------------------
 # Reply parsing
 # --------------------------------------------------------------------------------------------------

@@ -183,9 +183,36 @@ class Benchmark(abc.ABC):
         return settings.height, settings.width
 
 
+class KeyPngBenchmark(Benchmark):
+    """A benchmark whose official layout is one image per item, ``<layout>/<key>.png`` (WISE, ImgEdit,
+    DPG-Bench), written with the item's prompt (and thought) as PNG text."""
+
+    # How a layout problem names the expected file and the item keys (the benchmark's own words).
+    KEY_FILE: ClassVar[str] = "<key>.png"
+    KEY_NAMES: ClassVar[str] = "keys"
+
+    def outputs(self, item: EvalItem, out: Path, settings: EvalSettings) -> list[Path]:
+        return [self.layout_dir(out) / f"{item.key}.png"]
+
+    def write_item(self, item: EvalItem, result: Generated, out: Path, settings: EvalSettings) -> None:
+        save_image(
+            result.images[0], self.outputs(item, out, settings)[0], settings, generated_text(item, result)
+        )
+
+    def check_layout(self, out: Path, settings: EvalSettings) -> list[str]:
+        root = self.layout_dir(out)
+        missing = [it.key for it in self.items() if not self.outputs(it, out, settings)[0].is_file()]
+        return [f"{root}: missing {self.KEY_FILE} for {self.KEY_NAMES} {missing[:8]}"] if missing else []
+
+
 # --------------------------------------------------------------------------------------------------
 # File helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def generated_text(item: EvalItem, result: Generated) -> dict[str, Any]:
+    """PNG text of a generated image (:func:`save_image` `extra`): the prompt, and the thought if any."""
+    return {"prompt": item.prompt, **({"thought": result.thought} if result.thought else {})}
 
 
 def load_rgb(image: Any) -> Image.Image:

@@ -105,6 +105,20 @@ def build_shapes_tasks(num: int, seed: int, config: ShapesConfig | None = None) 
     def generator(**changes: Any) -> ShapesGenerator:
         return ShapesGenerator(dataclasses.replace(config, task_weights=(), **changes))
 
+    def image_tasks(kind: str) -> list[ShapesTask]:
+        """Edit or think tasks: input images in, a target image out."""
+        return [
+            ShapesTask(
+                kind,
+                s.meta["family"],
+                s.prompt,
+                [r.load() for r in s.images],
+                target=s.target.load(),
+                meta=s.meta,
+            )
+            for s in _draw(generator(tasks=(kind,)), _rng(seed, TASK_STREAMS[kind]), num, kind)
+        ]
+
     t2i: dict[str, list[ShapesTask]] = {}
     for k, category in enumerate(GENEVAL_CATEGORIES):
         gen = generator(tasks=("t2i",), t2i_categories=(category,))
@@ -128,29 +142,7 @@ def build_shapes_tasks(num: int, seed: int, config: ShapesConfig | None = None) 
                 meta=s.meta,
             )
         )
-    edit = [
-        ShapesTask(
-            "edit",
-            s.meta["family"],
-            s.prompt,
-            [r.load() for r in s.images],
-            target=s.target.load(),
-            meta=s.meta,
-        )
-        for s in _draw(generator(tasks=("edit",)), _rng(seed, TASK_STREAMS["edit"]), num, "edit")
-    ]
-    think = [
-        ShapesTask(
-            "think",
-            s.meta["family"],
-            s.prompt,
-            [r.load() for r in s.images],
-            target=s.target.load(),
-            meta=s.meta,
-        )
-        for s in _draw(generator(tasks=("think",)), _rng(seed, TASK_STREAMS["think"]), num, "think")
-    ]
-    return ShapesTasks(config, t2i, vqa, edit, think)
+    return ShapesTasks(config, t2i, vqa, image_tasks("edit"), image_tasks("think"))
 
 
 # --------------------------------------------------------------------------------------------------

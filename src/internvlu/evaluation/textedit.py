@@ -37,6 +37,7 @@ from internvlu.evaluation.judge import (
     load_json_prompts,
     parse_json_reply,
     python_string_constants,
+    write_judgements,
 )
 from internvlu.evaluation.runner import Benchmark, EvalItem, Generated, load_rgb, save_image
 from internvlu.evaluation.settings import EvalSettings
@@ -210,9 +211,7 @@ class TextEdit(Benchmark):
             group = "virtual" if item.meta["category"].startswith("1.") else "real"
             groups[group]["weighted"].append(scored[0])
             groups[group]["q"].append(scored[1])
-        (out / "textedit_judgements.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-        )
+        write_judgements(out / "textedit_judgements.jsonl", rows)
         result: dict[str, Any] = {"failed": failed, "judged": len(items)}
         for group, data in groups.items():
             if not data["weighted"]:

@@ -28,8 +28,14 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from internvlu.evaluation.judge import Judge, JudgeRequest, function_message_texts, load_json_prompts
-from internvlu.evaluation.runner import Benchmark, EvalItem, Generated, save_image
+from internvlu.evaluation.judge import (
+    Judge,
+    JudgeRequest,
+    function_message_texts,
+    load_json_prompts,
+    write_judgements,
+)
+from internvlu.evaluation.runner import EvalItem, KeyPngBenchmark
 from internvlu.evaluation.settings import EvalSettings
 
 FILES: tuple[str, ...] = (
@@ -77,7 +83,7 @@ def wiscore(scores: dict[str, float]) -> float:
     return (0.7 * scores["consistency"] + 0.2 * scores["realism"] + 0.1 * scores["aesthetic_quality"]) / 2
 
 
-class WISE(Benchmark):
+class WISE(KeyPngBenchmark):
     name = "wise"
     kind = "t2i"
     title = "WISE"
@@ -88,6 +94,8 @@ class WISE(Benchmark):
         ),
     }
     SCORING_OPTIONS = ("judge_prompts",)
+    KEY_FILE = "<prompt_id>.png"
+    KEY_NAMES = "prompt ids"
 
     def data_dir(self) -> Path:
         assert self.data is not None
@@ -114,18 +122,6 @@ class WISE(Benchmark):
             }
             items.append(EvalItem(key=str(pid), index=index, prompt=entry["Prompt"], meta=meta))
         return items
-
-    def outputs(self, item: EvalItem, out: Path, settings: EvalSettings) -> list[Path]:
-        return [self.layout_dir(out) / f"{item.key}.png"]
-
-    def write_item(self, item: EvalItem, result: Generated, out: Path, settings: EvalSettings) -> None:
-        extra = {"prompt": item.prompt, **({"thought": result.thought} if result.thought else {})}
-        save_image(result.images[0], self.outputs(item, out, settings)[0], settings, extra)
-
-    def check_layout(self, out: Path, settings: EvalSettings) -> list[str]:
-        root = self.layout_dir(out)
-        missing = [it.key for it in self.items() if not (root / f"{it.key}.png").is_file()]
-        return [f"{root}: missing <prompt_id>.png for prompt ids {missing[:8]}"] if missing else []
 
     def judge_templates(self) -> tuple[str, str]:
         path = self.options.get("judge_prompts")
@@ -184,9 +180,7 @@ class WISE(Benchmark):
                 failed += 1
                 continue
             per_category.setdefault(item.meta["category"], []).append(wiscore(parsed))
-        (out / "wise_judgements.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-        )
+        write_judgements(out / "wise_judgements.jsonl", rows)
         means = {name: sum(v) / len(v) for name, v in per_category.items()}
         weight = sum(CATEGORY_WEIGHTS[c] for c in means)
         overall = sum(CATEGORY_WEIGHTS[c] * m for c, m in means.items()) / weight if weight else 0.0

@@ -86,17 +86,34 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _coerce(field: dataclasses.Field[Any], raw: str) -> Any:
     default = field.default if field.default is not dataclasses.MISSING else None
-    value = _scalar(raw)
+    value = json_or_text(raw)
     if isinstance(default, tuple) and isinstance(value, str):
-        value = [_scalar(v.strip()) for v in value.split(",") if v.strip()]
+        value = [json_or_text(v.strip()) for v in value.split(",") if v.strip()]
     return value
 
 
-def _scalar(text: str) -> Any:
+def json_or_text(text: str) -> Any:
+    """A --set value: JSON when it parses (numbers, lists, true/false), else the text itself."""
     try:
         return json.loads(text)  # numbers in a comma list ("1,2,1")
     except json.JSONDecodeError:
         return text
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a --config file."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        return data
+    raise ValueError(f"--config {path} must hold a JSON object")  # a bad file, as the CLI reports it
+
+
+def split_set_item(item: str) -> tuple[str, str]:
+    """A --set KEY=VALUE item -> (KEY without surrounding spaces, VALUE as written)."""
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise ValueError(f"--set {item!r} must look like KEY=VALUE")
+    return key.strip(), raw
 
 
 def build_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,20 +122,13 @@ def build_overrides(args: argparse.Namespace) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(gen_cls.config_class) if f.name != "extra"}
     config: dict[str, Any] = {}
     if args.config is not None:
-        data = json.loads(args.config.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"--config {args.config} must hold a JSON object")
-        config.update(data)
+        config.update(read_config_file(args.config))
     pairs: list[tuple[str, str]] = []
     if args.image_size is not None:
         pairs.append(("image_size", str(args.image_size)))
     if args.tasks is not None:
         pairs.append(("tasks", args.tasks))
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r} must look like KEY=VALUE")
-        pairs.append((key.strip(), raw))
+    pairs += [split_set_item(item) for item in args.set]
     for key, raw in pairs:
         if key not in fields:
             raise ValueError(

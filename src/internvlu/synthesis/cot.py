@@ -44,6 +44,8 @@ import numpy as np
 
 from internvlu.data.records import RecordError, Sample
 from internvlu.data.storage import SampleReader, ShardWriter, sha256_file
+from internvlu.synthesis.cli import json_or_text, read_config_file, split_set_item
+from internvlu.synthesis.gen_common import check_min_int, pick
 from internvlu.synthesis.runner import (
     CONTACT_SHEET,
     FORMAT_NAME,
@@ -225,7 +227,7 @@ def template_thought(sample: Sample, rng: np.random.Generator) -> str:
         verb = next((v for k, v in _EDIT_VERBS.items() if re.search(rf"\b{k}\b", low)), "change")
         n = len(sample.images)
         lines.append(
-            pick_text(
+            pick(
                 rng,
                 (
                     f"The instruction asks me to {verb} something in the input image{'s' if n > 1 else ''}: {prompt}",
@@ -237,7 +239,7 @@ def template_thought(sample: Sample, rng: np.random.Generator) -> str:
             "First I locate the region the instruction refers to; everything outside it stays pixel-identical."
         )
     else:
-        lines.append(pick_text(rng, (f"The request is to create an image of: {prompt}", f"Goal: {prompt}")))
+        lines.append(pick(rng, (f"The request is to create an image of: {prompt}", f"Goal: {prompt}")))
         lines.append("I list the elements the image must contain and the constraints they must satisfy.")
     if quoted:
         lines.append("Text to render exactly, letter by letter: " + ", ".join(f'"{q}"' for q in quoted) + ".")
@@ -251,7 +253,7 @@ def template_thought(sample: Sample, rng: np.random.Generator) -> str:
         lines.append("Then I apply only that change, matching the original lighting, style and perspective.")
     else:
         lines.append(
-            pick_text(
+            pick(
                 rng,
                 (
                     "Plan: compose the main subject first, then the background, keeping the style consistent.",
@@ -260,10 +262,6 @@ def template_thought(sample: Sample, rng: np.random.Generator) -> str:
             )
         )
     return " ".join(lines)
-
-
-def pick_text(rng: np.random.Generator, options: Sequence[str]) -> str:
-    return options[int(rng.integers(len(options)))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -483,8 +481,7 @@ def run_cot(
     if cfg.extra:
         raise ValueError(f"unknown cot config keys {sorted(cfg.extra)}; known: {sorted(cfg.field_names())}")
     for label, value, low in (("shard_size", shard_size, 1), ("seed", seed, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+        check_min_int(label, value, low)
     if num is not None and (not isinstance(num, int) or num < 1):
         raise ValueError(f"num must be a positive integer or None, got {num!r}")
     out_dir = Path(out)
@@ -607,22 +604,13 @@ def config_from_args(config_file: Path | None, pairs: Sequence[str]) -> CotConfi
     """CotConfig from an optional JSON file and KEY=VALUE overrides (JSON values, comma lists for tasks)."""
     data: dict[str, Any] = {}
     if config_file is not None:
-        loaded = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--config {config_file} must hold a JSON object")
-        data.update(loaded)
+        data.update(read_config_file(config_file))
     fields = CotConfig.field_names()
     for item in pairs:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ValueError(f"--set {item!r} must look like KEY=VALUE")
+        key, raw = split_set_item(item)
         if key not in fields:
             raise ValueError(f"cot has no config field {key!r}; fields: {sorted(fields)}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        value = json_or_text(raw)
         if key == "tasks" and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         data[key] = value

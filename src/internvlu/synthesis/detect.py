@@ -118,14 +118,19 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
     for y in range(1, height):
         prev = row_runs[y - 1]
+        lo = 0  # runs of a row are sorted and disjoint: the previous-row runs a run touches are contiguous
         for i in row_runs[y]:
             _, s, e = runs[i]
-            for j in prev:
-                _, ps, pe = runs[j]
-                if ps <= e and s <= pe:  # overlap including diagonal touch (8-connectivity)
-                    ri, rj = find(i), find(j)
-                    if ri != rj:
-                        parent[max(ri, rj)] = min(ri, rj)
+            while lo < len(prev) and runs[prev[lo]][2] < s:
+                lo += 1  # ends left of this run, so left of every later run of the row too
+            k = lo
+            # Every previous-row run from `lo` that starts by `e` overlaps, diagonal touch included
+            # (8-connectivity).
+            while k < len(prev) and runs[prev[k]][1] <= e:
+                ri, rj = find(i), find(prev[k])
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+                k += 1
     labels = np.zeros(mask.shape, dtype=np.int32)
     ids: dict[int, int] = {}
     for i, (y, s, e) in enumerate(runs):
@@ -222,6 +227,26 @@ def _word_template(text: str, font_size: int) -> np.ndarray:
     return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
+@functools.lru_cache(maxsize=4096)
+def _fitted_template(text: str, h: int, w: int) -> np.ndarray:
+    """`text` rendered at the font size whose ink box is closest to h x w, resized to exactly h x w.
+
+    Cached by box size: a noise image has dozens of ink specks, mostly of a few small sizes.
+    """
+    sizes = range(max(4, h // 2), 3 * h + 4)
+    size = min(
+        sizes,
+        key=lambda s: abs(_word_template(text, s).shape[0] - h) + abs(_word_template(text, s).shape[1] - w),
+    )
+    template = _word_template(text, size)
+    if template.shape != (h, w):
+        template = (
+            np.asarray(Image.fromarray(template.astype(np.uint8) * 255).resize((w, h), Image.Resampling.BOX))
+            > 127
+        )
+    return template
+
+
 def read_word(mask: np.ndarray, vocabulary: Sequence[str]) -> tuple[str | None, float]:
     """Best vocabulary word for a cropped ink mask, and its IoU.
 
@@ -231,21 +256,7 @@ def read_word(mask: np.ndarray, vocabulary: Sequence[str]) -> tuple[str | None, 
     h, w = mask.shape
     best: tuple[str | None, float] = (None, 0.0)
     for text in vocabulary:
-        sizes = range(max(4, h // 2), 3 * h + 4)
-        size = min(
-            sizes,
-            key=lambda s: (
-                abs(_word_template(text, s).shape[0] - h) + abs(_word_template(text, s).shape[1] - w)
-            ),
-        )
-        template = _word_template(text, size)
-        if template.shape != (h, w):
-            template = (
-                np.asarray(
-                    Image.fromarray(template.astype(np.uint8) * 255).resize((w, h), Image.Resampling.BOX)
-                )
-                > 127
-            )
+        template = _fitted_template(text, h, w)
         inter, union = np.logical_and(template, mask).sum(), np.logical_or(template, mask).sum()
         score = float(inter / union) if union else 0.0
         if score > best[1]:
@@ -254,25 +265,57 @@ def read_word(mask: np.ndarray, vocabulary: Sequence[str]) -> tuple[str | None, 
 
 
 def _group_words(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
-    """Group letter boxes into words: vertically overlapping and horizontally close."""
-    groups = [[i] for i in range(len(boxes))]
-    merged = True
-    while merged:
-        merged = False
-        for a in range(len(groups)):
-            for b in range(a + 1, len(groups)):
-                ba = _union_box([boxes[i] for i in groups[a]])
-                bb = _union_box([boxes[i] for i in groups[b]])
-                height = max(ba[3] - ba[1], bb[3] - bb[1])
-                overlap = min(ba[3], bb[3]) - max(ba[1], bb[1])
-                gap = max(ba[0], bb[0]) - min(ba[2], bb[2])
-                if overlap >= 0.5 * min(ba[3] - ba[1], bb[3] - bb[1]) and gap <= 0.5 * height:
-                    groups[a] += groups.pop(b)
-                    merged = True
-                    break
-            if merged:
-                break
-    return groups
+    """Group letter boxes into words: vertically overlapping and horizontally close.
+
+    Merges, again and again, the first pair of groups (in list order) that the rule joins, until no pair
+    is left. Rather than rescanning every pair after each merge (cubic: seconds on a noise image with
+    hundreds of specks), it keeps each group's union box and first partner and, after a merge, updates
+    only what the merge changed, so the groups come out exactly as the plain rescan would make them.
+    """
+    n = len(boxes)
+    groups = [[i] for i in range(n)]
+    if n < 2:
+        return groups
+    box = np.asarray(boxes, dtype=np.int64).reshape(n, 4)  # (n, 4) union box of each group
+    alive = np.ones(n, dtype=bool)
+
+    def joins(a: int) -> np.ndarray:
+        """(n,) bool: the rule holds between group `a` and each other live group."""
+        heights = box[:, 3] - box[:, 1]
+        height_a = heights[a]
+        overlap = np.minimum(box[a, 3], box[:, 3]) - np.maximum(box[a, 1], box[:, 1])
+        gap = np.maximum(box[a, 0], box[:, 0]) - np.minimum(box[a, 2], box[:, 2])
+        ok = (overlap >= 0.5 * np.minimum(height_a, heights)) & (gap <= 0.5 * np.maximum(height_a, heights))
+        ok &= alive
+        ok[a] = False
+        return ok
+
+    def first_partner(a: int) -> int:
+        later = np.flatnonzero(joins(a)[a + 1 :])
+        return a + 1 + int(later[0]) if later.size else n  # n = none
+
+    # first[a]: the first later group the rule joins to group a. Invariant: the next merge of the rescan
+    # is (a, first[a]) for the smallest a that has one, so every group before it has none.
+    first = np.array([first_partner(a) for a in range(n)])
+    while True:
+        pending = np.flatnonzero(first < n)
+        if not pending.size:
+            break
+        a = int(pending[0])
+        b = int(first[a])
+        groups[a] += groups[b]
+        box[a, :2] = np.minimum(box[a, :2], box[b, :2])
+        box[a, 2:] = np.maximum(box[a, 2:], box[b, 2:])
+        alive[b] = False
+        first[b] = n
+        # Only pairs with the grown group a or the removed group b changed: groups before a (none had a
+        # partner) may now join a; a gets a fresh partner; groups whose partner was b look again.
+        earlier = np.flatnonzero(joins(a)[:a])
+        first[earlier] = a
+        first[a] = first_partner(a)
+        for c in np.flatnonzero(first == b):
+            first[c] = first_partner(int(c))
+    return [groups[i] for i in range(n) if alive[i]]
 
 
 def _union_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
@@ -291,6 +334,24 @@ def _union_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, i
 
 def _box_of(ys: np.ndarray, xs: np.ndarray) -> tuple[int, int, int, int]:
     return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+def _component_boxes(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel count (count + 1,) and box (count + 1, 4) of every label in one pass (row 0 = unlabelled),
+    instead of one full-image scan per label (a noise image has thousands of specks)."""
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs]
+    sizes = np.bincount(ids, minlength=count + 1)
+    boxes = np.zeros((count + 1, 4), dtype=np.int64)
+    if ids.size:
+        order = np.argsort(ids, kind="stable")
+        ids, ys, xs = ids[order], ys[order], xs[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # labels are 1..count, none empty
+        boxes[ids[starts], 0] = np.minimum.reduceat(xs, starts)
+        boxes[ids[starts], 1] = np.minimum.reduceat(ys, starts)
+        boxes[ids[starts], 2] = np.maximum.reduceat(xs, starts) + 1
+        boxes[ids[starts], 3] = np.maximum.reduceat(ys, starts) + 1
+    return sizes, boxes
 
 
 def detect_scene(
@@ -332,11 +393,13 @@ def detect_scene(
             continue
         labels, count = label_components(mask)
         core = _eroded(mask)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        has_core = np.bincount(labels[core], minlength=count + 1) > 0
         for label in range(1, count + 1):
+            if sizes[label] < min_area or not has_core[label]:
+                continue  # decided from counts, before building the component's full-image mask
             component = labels == label
             ys, xs = np.nonzero(component)
-            if xs.size < min_area or not core[component].any():
-                continue
             x0, y0, x1, y1 = _box_of(ys, xs)
             shape, score = classify_shape(component[y0:y1, x0:x1])
             mean = pixels[component].mean(axis=0)
@@ -358,11 +421,11 @@ def detect_scene(
     words: list[DetectedWord] = []
     if ink.any():
         labels, count = label_components(ink)
-        boxes: list[tuple[int, int, int, int]] = []
-        for label in range(1, count + 1):
-            ys, xs = np.nonzero(labels == label)
-            if xs.size >= 3:  # single stray pixels are not letters
-                boxes.append(_box_of(ys, xs))
+        sizes, label_boxes = _component_boxes(labels, count)
+        boxes: list[tuple[int, int, int, int]] = [
+            (int(x0), int(y0), int(x1), int(y1))
+            for x0, y0, x1, y1 in label_boxes[1:][sizes[1:] >= 3]  # single stray pixels are not letters
+        ]
         for group in _group_words(boxes):
             x0, y0, x1, y1 = _union_box([boxes[i] for i in group])
             crop = ink[y0:y1, x0:x1]

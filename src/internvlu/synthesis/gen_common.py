@@ -1,4 +1,4 @@
-"""Small helpers shared by the text, science and spatial generators (config checks, choices, matplotlib)."""
+"""Small helpers shared by the generators (config checks, choices, edit-pair samples, matplotlib)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from internvlu.data.records import ImageRef, Sample
 from internvlu.utils.config import ConfigBase
 
 T = TypeVar("T")
@@ -38,6 +39,12 @@ def check_weights(name: str, weights: Sequence[float], items: Sequence[str]) -> 
         raise ValueError(f"{name}={tuple(weights)!r} must be {len(items)} non-negative weights (or empty)")
 
 
+def check_min_int(name: str, value: Any, low: int) -> None:
+    """ValueError unless `value` is an integer >= `low` (image sizes, counts, seeds)."""
+    if not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def check_range(name: str, value: float, low: float, high: float) -> None:
     if not isinstance(value, (int, float)) or not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
@@ -57,10 +64,37 @@ def pick_weighted(rng: np.random.Generator, items: Sequence[T], p: np.ndarray) -
     return items[int(rng.choice(len(items), p=p))]
 
 
+def pick_distinct(rng: np.random.Generator, items: Sequence[T], k: int) -> list[T]:
+    """`k` different items (by position), in the order drawn."""
+    return [items[int(i)] for i in rng.choice(len(items), size=k, replace=False)]
+
+
 def fmt_num(value: float, digits: int = 2) -> str:
     """Short decimal text: 2.0 -> "2", 1.50 -> "1.5", -0.0 -> "0"."""
     text = f"{value:.{digits}f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def edit_pair_sample(
+    task: str,
+    sample_id: str,
+    prompt: str,
+    thought: str,
+    image_in: Image.Image,
+    image_out: Image.Image,
+    meta: dict[str, Any],
+) -> Sample:
+    """The sample of an input/target image pair: an "edit", or a "think" edit that carries `thought`."""
+    common = {
+        "id": sample_id,
+        "prompt": prompt,
+        "images": [ImageRef.from_image("image0", image_in)],
+        "target": ImageRef.from_image("target", image_out),
+        "meta": meta,
+    }
+    if task == "think":
+        return Sample(task="think", thought=thought, **common)
+    return Sample(task="edit", **common)
 
 
 # --------------------------------------------------------------------------------------------------

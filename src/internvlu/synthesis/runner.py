@@ -45,6 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from internvlu.data.records import RecordError, Sample
 from internvlu.data.storage import SampleReader, ShardWriter, sha256_file
 from internvlu.synthesis.filters import FilterConfig, SampleFilter
+from internvlu.synthesis.gen_common import check_min_int
 from internvlu.utils.config import ConfigBase
 
 logger = logging.getLogger("internvlu.synthesis")
@@ -283,8 +284,7 @@ def run_synthesis(
         ("workers", workers, 1),
         ("seed", seed, 0),
     ):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+        check_min_int(label, value, low)
     gen_config = _resolve_config(gen_cls, config)
     filter_config = filters if isinstance(filters, FilterConfig) else FilterConfig.from_dict(filters or {})
     if filter_config.extra:

@@ -33,6 +33,7 @@ from internvlu.constants import IMAGE_PLACEHOLDER
 from internvlu.data.records import ImageRef, Message, Sample, decode_image
 from internvlu.synthesis.gen_common import (
     GeneratorConfig,
+    check_min_int,
     check_range,
     check_subset,
     check_weights,
@@ -315,8 +316,7 @@ class ChemConfig(GeneratorConfig):
     questions: tuple[str, ...] = QUESTIONS
 
     def validate(self) -> None:
-        if not isinstance(self.image_size, int) or self.image_size < 128:
-            raise ValueError(f"image_size must be an integer >= 128, got {self.image_size!r}")
+        check_min_int("image_size", self.image_size, 128)
         check_subset("tasks", self.tasks, TASKS)
         check_weights("task_weights", self.task_weights, self.tasks)
         check_subset("sources", self.sources, SOURCES)

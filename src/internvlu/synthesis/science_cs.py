@@ -33,14 +33,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from internvlu.data.records import ImageRef, Sample
+from internvlu.data.records import Sample
 from internvlu.synthesis.gen_common import (
     GeneratorConfig,
+    check_min_int,
     check_subset,
     check_weights,
+    edit_pair_sample,
     figure_image,
     new_figure,
     pick,
+    pick_distinct,
     pick_weighted,
     probabilities,
     require_matplotlib,
@@ -510,8 +513,7 @@ class CsConfig(GeneratorConfig):
     max_nodes: int = 8
 
     def validate(self) -> None:
-        if not isinstance(self.image_size, int) or self.image_size < 192:
-            raise ValueError(f"image_size must be an integer >= 192, got {self.image_size!r}")
+        check_min_int("image_size", self.image_size, 192)
         check_subset("tasks", self.tasks, TASKS)
         check_weights("task_weights", self.task_weights, self.tasks)
         check_subset("families", self.families, FAMILIES)
@@ -557,16 +559,7 @@ class CsGenerator(Generator):
             "nodes": node_boxes(before, size, self.RADIUS),
             "target_nodes": node_boxes(after, size, self.RADIUS),
         }
-        common = {
-            "id": sample_id,
-            "prompt": prompt,
-            "images": [ImageRef.from_image("image0", image_in)],
-            "target": ImageRef.from_image("target", image_out),
-            "meta": meta,
-        }
-        if task == "think":
-            return Sample(task="think", thought=thought, **common)
-        return Sample(task="edit", **common)
+        return edit_pair_sample(task, sample_id, prompt, thought, image_in, image_out, meta)
 
     # ---- trees -----------------------------------------------------------------------------------
 
@@ -797,7 +790,7 @@ class CsGenerator(Generator):
     def _shortest_path(self, rng: np.random.Generator) -> Built:
         graph = self._graph(rng, weighted=True)
         names = list(graph.pos)
-        source, target = (names[int(i)] for i in rng.choice(len(names), size=2, replace=False))
+        source, target = pick_distinct(rng, names, 2)
         dist, preds, steps = dijkstra(graph, source)
         path = [target]
         while path[-1] != source:

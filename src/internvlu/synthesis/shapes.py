@@ -25,12 +25,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from internvlu.constants import IMAGE_PLACEHOLDER
 from internvlu.data.records import ImageRef, Message, Sample
+from internvlu.synthesis.gen_common import (
+    GeneratorConfig,
+    check_min_int,
+    check_subset,
+    check_weights,
+    pick,
+    pick_distinct,
+    pick_weighted,
+    probabilities,
+)
 from internvlu.synthesis.runner import Generator, RejectSample, register_generator
 from internvlu.synthesis.shapes_scene import (
     BACKGROUNDS,
@@ -73,9 +83,6 @@ from internvlu.synthesis.shapes_text import (
     plural,
     with_article,
 )
-from internvlu.utils.config import ConfigBase
-
-T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -83,7 +90,7 @@ T = TypeVar("T")
 
 
 @dataclasses.dataclass
-class ShapesConfig(ConfigBase):
+class ShapesConfig(GeneratorConfig):
     """Settings of the shapes world (all recorded in the synthesis manifest).
 
     Attributes:
@@ -118,39 +125,17 @@ class ShapesConfig(ConfigBase):
     think_kinds: tuple[str, ...] = THINK_KINDS
     prompt_prefix: str = "a photo of "
 
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            if isinstance(
-                getattr(self, field.name), list
-            ):  # JSON gives lists; keep tuples (hashable, frozen)
-                setattr(self, field.name, tuple(getattr(self, field.name)))
-        super().__post_init__()
-
     def validate(self) -> None:
-        def subset(name: str, allowed: Sequence[str], min_len: int = 1) -> None:
-            value = getattr(self, name)
-            bad = [v for v in value if v not in allowed]
-            if bad or len(value) < min_len or len(set(value)) != len(value):
-                raise ValueError(f"{name}={value!r}: need >= {min_len} distinct values from {tuple(allowed)}")
-
-        if not isinstance(self.image_size, int) or self.image_size < 32:
-            raise ValueError(f"image_size must be an integer >= 32, got {self.image_size!r}")
-        subset("tasks", TASK_NAMES)
-        subset("shapes", SHAPES, 2)
-        subset("colors", tuple(COLORS), 2)
-        subset("backgrounds", tuple(BACKGROUNDS))
-        subset("understanding_families", UNDERSTANDING_FAMILIES)
-        subset("t2i_categories", T2I_CATEGORIES)
-        subset("edit_ops", EDIT_OPS)
-        subset("think_kinds", THINK_KINDS)
-        if self.task_weights and (
-            len(self.task_weights) != len(self.tasks)
-            or min(self.task_weights) < 0
-            or sum(self.task_weights) <= 0
-        ):
-            raise ValueError(
-                f"task_weights={self.task_weights!r} must be {len(self.tasks)} non-negative weights"
-            )
+        check_min_int("image_size", self.image_size, 32)
+        check_subset("tasks", self.tasks, TASK_NAMES)
+        check_subset("shapes", self.shapes, SHAPES, 2)
+        check_subset("colors", self.colors, tuple(COLORS), 2)
+        check_subset("backgrounds", self.backgrounds, tuple(BACKGROUNDS))
+        check_subset("understanding_families", self.understanding_families, UNDERSTANDING_FAMILIES)
+        check_subset("t2i_categories", self.t2i_categories, T2I_CATEGORIES)
+        check_subset("edit_ops", self.edit_ops, EDIT_OPS)
+        check_subset("think_kinds", self.think_kinds, THINK_KINDS)
+        check_weights("task_weights", self.task_weights, self.tasks)
         if (
             len(self.size_fracs) != 3
             or not 0.05 <= self.size_fracs[0] < self.size_fracs[1] < self.size_fracs[2] <= 0.25
@@ -181,10 +166,6 @@ class ShapesConfig(ConfigBase):
 QA = tuple[str, str, dict[str, Any]]  # question, answer, ground-truth details
 
 
-def _pick(rng: np.random.Generator, items: Sequence[T]) -> T:
-    return items[int(rng.integers(len(items)))]
-
-
 @register_generator("shapes")
 class ShapesGenerator(Generator):
     """The procedural shapes world; see the module docstring for the task families."""
@@ -204,8 +185,7 @@ class ShapesGenerator(Generator):
             raise ValueError(
                 f"think kind 'shape_knowledge' has no knowledge entry for shapes {config.shapes}"
             )
-        weights = np.asarray(config.task_weights or [1.0] * len(config.tasks), dtype=np.float64)
-        self.task_p = weights / weights.sum()
+        self.task_p = probabilities(config.task_weights, len(config.tasks))
         for word in config.words:  # fail at construction if a word cannot fit the image
             if glyph_mask(word, self.font_size).shape[1] > self.size - 2 * margin_px(self.size):
                 raise ValueError(
@@ -213,7 +193,7 @@ class ShapesGenerator(Generator):
                 )
 
     def sample(self, rng: np.random.Generator, sample_id: str) -> Sample:
-        task = self.cfg.tasks[int(rng.choice(len(self.cfg.tasks), p=self.task_p))]
+        task = pick_weighted(rng, self.cfg.tasks, self.task_p)
         build: dict[str, Callable[[np.random.Generator, str], Sample]] = {
             "understanding": self._understanding,
             "t2i": self._t2i,
@@ -241,10 +221,10 @@ class ShapesGenerator(Generator):
         ]
         if len(pool) < n:
             raise RejectSample("not_enough_pairs")
-        return [pool[int(i)] for i in rng.choice(len(pool), size=n, replace=False)]
+        return pick_distinct(rng, pool, n)
 
     def _new_scene(self, rng: np.random.Generator) -> Scene:
-        return Scene(self.size, _pick(rng, self.cfg.backgrounds))
+        return Scene(self.size, pick(rng, self.cfg.backgrounds))
 
     def _place(
         self,
@@ -256,7 +236,7 @@ class ShapesGenerator(Generator):
         accept: Callable[[SceneObject], bool] | None = None,
         tries: int | None = None,
     ) -> SceneObject:
-        size = size or _pick(rng, SIZE_NAMES)
+        size = size or pick(rng, SIZE_NAMES)
         r = self.radius[size]
         others = scene_boxes(scene)
         for _ in range(tries or self._TRIES):
@@ -268,7 +248,7 @@ class ShapesGenerator(Generator):
         raise RejectSample("layout_failed")
 
     def _place_word(self, rng: np.random.Generator, scene: Scene, text: str | None = None) -> SceneWord:
-        text = text or _pick(rng, self.cfg.words)
+        text = text or pick(rng, self.cfg.words)
         h, w = glyph_mask(text, self.font_size).shape
         m = int(margin_px(self.size))
         others = scene_boxes(scene)
@@ -289,7 +269,7 @@ class ShapesGenerator(Generator):
         scene = self._new_scene(rng)
         if with_word:
             self._place_word(rng, scene)  # first: the word is the widest item
-        sizes = sorted((_pick(rng, SIZE_NAMES) for _ in range(n)), key=SIZE_NAMES.index, reverse=True)
+        sizes = sorted((pick(rng, SIZE_NAMES) for _ in range(n)), key=SIZE_NAMES.index, reverse=True)
         for (shape, color), size in zip(self._pairs(rng, n), sizes):
             self._place(rng, scene, shape, color, size)
         return scene
@@ -379,35 +359,37 @@ class ShapesGenerator(Generator):
     def _qa_count_all(self, rng: np.random.Generator, scene: Scene) -> QA:
         return "How many shapes are there?", str(len(scene.objects)), {}
 
+    @staticmethod
+    def _asked_value(rng: np.random.Generator, scene: Scene, attr: str, enabled: Sequence[str]) -> str:
+        """A shape or colour to count: mostly one present in the scene, sometimes any enabled one, so
+        that "0" is a possible answer."""
+        present = [getattr(o, attr) for o in scene.objects]
+        return pick(rng, present) if rng.random() < 0.8 else pick(rng, enabled)
+
+    @staticmethod
+    def _unique_object(rng: np.random.Generator, scene: Scene, attr: str) -> SceneObject | None:
+        """An object that is the only one with its shape (or colour), so naming that value picks it out."""
+        unique = [o for o in scene.objects if len(scene.find(**{attr: getattr(o, attr)})) == 1]
+        return pick(rng, unique) if unique else None
+
     def _qa_count_shape(self, rng: np.random.Generator, scene: Scene) -> QA:
-        # Mostly ask about a present shape; sometimes an absent one, so "0" is a possible answer.
-        shape = (
-            _pick(rng, [o.shape for o in scene.objects])
-            if rng.random() < 0.8
-            else _pick(rng, self.cfg.shapes)
-        )
+        shape = self._asked_value(rng, scene, "shape", self.cfg.shapes)
         return f"How many {plural(shape)} are there?", str(len(scene.find(shape=shape))), {"shape": shape}
 
     def _qa_count_color(self, rng: np.random.Generator, scene: Scene) -> QA:
-        color = (
-            _pick(rng, [o.color for o in scene.objects])
-            if rng.random() < 0.8
-            else _pick(rng, self.cfg.colors)
-        )
+        color = self._asked_value(rng, scene, "color", self.cfg.colors)
         return f"How many {color} shapes are there?", str(len(scene.find(color=color))), {"color": color}
 
     def _qa_color_of(self, rng: np.random.Generator, scene: Scene) -> QA | None:
-        unique = [o for o in scene.objects if len(scene.find(shape=o.shape)) == 1]
-        if not unique:
+        obj = self._unique_object(rng, scene, "shape")
+        if obj is None:
             return None
-        obj = _pick(rng, unique)
         return f"What color is the {obj.shape}?", obj.color, {"object": scene.objects.index(obj)}
 
     def _qa_shape_of(self, rng: np.random.Generator, scene: Scene) -> QA | None:
-        unique = [o for o in scene.objects if len(scene.find(color=o.color)) == 1]
-        if not unique:
+        obj = self._unique_object(rng, scene, "color")
+        if obj is None:
             return None
-        obj = _pick(rng, unique)
         return f"What shape is the {obj.color} one?", obj.shape, {"object": scene.objects.index(obj)}
 
     def _qa_position(self, rng: np.random.Generator, scene: Scene) -> QA | None:
@@ -423,7 +405,7 @@ class ShapesGenerator(Generator):
         ]
         if not options:
             return None
-        i, j, rel = _pick(rng, options)
+        i, j, rel = pick(rng, options)
         asked = rel if rng.random() < 0.5 else OPPOSITE[rel]
         a, b = scene.objects[i], scene.objects[j]
         question = f"Is the {a.describe()} {RELATION_TEXT[asked]} the {b.describe()}?"
@@ -443,7 +425,7 @@ class ShapesGenerator(Generator):
     # ---- text-to-image ---------------------------------------------------------------------------
 
     def _t2i(self, rng: np.random.Generator, sid: str) -> Sample:
-        category = _pick(rng, self.cfg.t2i_categories)
+        category = pick(rng, self.cfg.t2i_categories)
         scene = self._new_scene(rng)
         desc, geneval = getattr(self, f"_t2i_{category}")(rng, scene)
         prompt = self.cfg.prompt_prefix + desc
@@ -462,15 +444,15 @@ class ShapesGenerator(Generator):
         return with_article(shape), {"include": [{"class": shape, "count": 1}]}
 
     def _t2i_two_object(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
-        s1, s2 = (self.cfg.shapes[int(i)] for i in rng.choice(len(self.cfg.shapes), 2, replace=False))
+        s1, s2 = pick_distinct(rng, self.cfg.shapes, 2)
         for shape in (s1, s2):
-            self._place(rng, scene, shape, _pick(rng, self.cfg.colors))
+            self._place(rng, scene, shape, pick(rng, self.cfg.colors))
         return f"{with_article(s1)} and {with_article(s2)}", {
             "include": [{"class": s1, "count": 1}, {"class": s2, "count": 1}]
         }
 
     def _t2i_counting(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
-        shape = _pick(rng, self.cfg.shapes)
+        shape = pick(rng, self.cfg.shapes)
         n = int(rng.integers(2, self.cfg.max_objects + 1)) if self.cfg.max_objects >= 2 else 1
         for _, color in self._pairs(rng, n, shapes=[shape]):
             self._place(rng, scene, shape, color)
@@ -485,9 +467,9 @@ class ShapesGenerator(Generator):
         return with_article(f"{color} {shape}"), {"include": [{"class": shape, "count": 1, "color": color}]}
 
     def _t2i_position(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
-        s1, s2 = (self.cfg.shapes[int(i)] for i in rng.choice(len(self.cfg.shapes), 2, replace=False))
-        rel = _pick(rng, tuple(RELATION_TEXT))
-        c1, c2 = _pick(rng, self.cfg.colors), _pick(rng, self.cfg.colors)
+        s1, s2 = pick_distinct(rng, self.cfg.shapes, 2)
+        rel = pick(rng, tuple(RELATION_TEXT))
+        c1, c2 = pick(rng, self.cfg.colors), pick(rng, self.cfg.colors)
         for _ in range(self._TRIES // 10):  # a badly placed reference leaves no room: start over
             scene.objects.clear()
             ref = self._place(rng, scene, s2, c2)
@@ -511,8 +493,8 @@ class ShapesGenerator(Generator):
         return main >= 0.25 * self.size and abs(other) <= 0.5 * main
 
     def _t2i_color_attr(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
-        s1, s2 = (self.cfg.shapes[int(i)] for i in rng.choice(len(self.cfg.shapes), 2, replace=False))
-        c1, c2 = (self.cfg.colors[int(i)] for i in rng.choice(len(self.cfg.colors), 2, replace=False))
+        s1, s2 = pick_distinct(rng, self.cfg.shapes, 2)
+        c1, c2 = pick_distinct(rng, self.cfg.colors, 2)
         self._place(rng, scene, s1, c1)
         self._place(rng, scene, s2, c2)
         return f"{with_article(f'{c1} {s1}')} and {with_article(f'{c2} {s2}')}", {
@@ -526,7 +508,7 @@ class ShapesGenerator(Generator):
     # ---- editing ---------------------------------------------------------------------------------
 
     def _edit(self, rng: np.random.Generator, sid: str) -> Sample:
-        op = _pick(rng, self.cfg.edit_ops)
+        op = pick(rng, self.cfg.edit_ops)
         low, high = self.cfg.min_objects, self.cfg.max_objects
         if op == "add":
             high = max(low, high - 1)
@@ -551,10 +533,10 @@ class ShapesGenerator(Generator):
         options = [c for c in (colors or self.cfg.colors) if c != obj.color and not scene.find(obj.shape, c)]
         if not options:
             raise RejectSample("edit_infeasible")
-        return _pick(rng, options)
+        return pick(rng, options)
 
     def _edit_recolor(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
-        obj = _pick(rng, scene.objects)
+        obj = pick(rng, scene.objects)
         old, new = obj.color, self._free_color(rng, scene, obj)
         obj.color = new
         text = (
@@ -605,7 +587,7 @@ class ShapesGenerator(Generator):
         obj = scene.objects[index]
         level = SIZE_NAMES.index(obj.size)
         steps = [s for s in (1, -1) if 0 <= level + s < len(SIZE_NAMES)]
-        step = _pick(rng, steps)
+        step = pick(rng, steps)
         new_size = SIZE_NAMES[level + step]
         resized = dataclasses.replace(obj, size=new_size, r=self.radius[new_size])
         if not box_fits(resized.box, scene_boxes(scene, skip=obj), self.size):
@@ -615,11 +597,11 @@ class ShapesGenerator(Generator):
         return f"Make the {obj.describe()} {word}.", {"object": index, "from": obj.size, "to": new_size}
 
     def _edit_reshape(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
-        obj = _pick(rng, scene.objects)
+        obj = pick(rng, scene.objects)
         options = [s for s in self.cfg.shapes if s != obj.shape and not scene.find(s, obj.color)]
         if not options:
             raise RejectSample("edit_infeasible")
-        old, obj.shape = obj.shape, _pick(rng, options)
+        old, obj.shape = obj.shape, pick(rng, options)
         return (
             f"Turn the {obj.color} {old} into {with_article(obj.shape)}.",
             {"object": scene.objects.index(obj), "from": old, "to": obj.shape},
@@ -642,7 +624,7 @@ class ShapesGenerator(Generator):
     # ---- think -----------------------------------------------------------------------------------
 
     def _think(self, rng: np.random.Generator, sid: str) -> Sample:
-        kind = _pick(rng, self.cfg.think_kinds)
+        kind = pick(rng, self.cfg.think_kinds)
         if kind == "edit_knowledge":
             return self._think_edit(rng, sid)
         scene = self._new_scene(rng)
@@ -663,8 +645,8 @@ class ShapesGenerator(Generator):
         options += [(f"{n + b} minus {b}", f"{n + b} - {b}") for b in range(1, 4)]
         options += [(f"{a} times {n // a}", f"{a} * {n // a}") for a in range(2, n + 1) if n % a == 0]
         options += [(f"half of {2 * n}", f"{2 * n} / 2"), (f"one more than {n - 1}", f"{n - 1} + 1")]
-        words, expression = _pick(rng, options)
-        shape, color = _pick(rng, self.cfg.shapes), _pick(rng, self.cfg.colors)
+        words, expression = pick(rng, options)
+        shape, color = pick(rng, self.cfg.shapes), pick(rng, self.cfg.colors)
         for _ in range(n):
             self._place(rng, scene, shape, color)
         prompt = f"Draw as many {color} {plural(shape)} as {words}."
@@ -674,7 +656,7 @@ class ShapesGenerator(Generator):
     def _think_color_knowledge(
         self, rng: np.random.Generator, scene: Scene
     ) -> tuple[str, str, dict[str, Any]]:
-        thing, shape = _pick(rng, self.color_things), _pick(rng, self.cfg.shapes)
+        thing, shape = pick(rng, self.color_things), pick(rng, self.cfg.shapes)
         color = COLOR_KNOWLEDGE[thing]
         self._place(rng, scene, shape, color)
         prompt = f"Draw {with_article(shape)} that has the color of {thing}."
@@ -684,7 +666,7 @@ class ShapesGenerator(Generator):
     def _think_shape_knowledge(
         self, rng: np.random.Generator, scene: Scene
     ) -> tuple[str, str, dict[str, Any]]:
-        thing, color = _pick(rng, self.shape_things), _pick(rng, self.cfg.colors)
+        thing, color = pick(rng, self.shape_things), pick(rng, self.cfg.colors)
         shape = SHAPE_KNOWLEDGE[thing]
         self._place(rng, scene, shape, color)
         prompt = f"Draw {with_article(color)} shape that looks like {thing}."
@@ -722,7 +704,7 @@ class ShapesGenerator(Generator):
         self, rng: np.random.Generator, scene: Scene, pairs: list[tuple[str, str]], vertical: bool
     ) -> None:
         """Objects in a row (or column), in the given order, spread over the free length."""
-        sizes = [_pick(rng, SIZE_NAMES) for _ in pairs]
+        sizes = [pick(rng, SIZE_NAMES) for _ in pairs]
         m, g = margin_px(self.size), gap_px(self.size)
         step = g + 0.5  # half a pixel of spare per gap: centres are floored to the half-pixel grid below
         while sum(2 * self.radius[s] for s in sizes) + 2 * step > self.size - 2 * m - 1:
@@ -754,7 +736,7 @@ class ShapesGenerator(Generator):
         n, with_word = self._scene_n(rng)
         scene = self._random_scene(rng, n, with_word)
         target = scene.copy()
-        obj = _pick(rng, target.objects)
+        obj = pick(rng, target.objects)
         options = [
             t
             for t in self.color_things
@@ -762,7 +744,7 @@ class ShapesGenerator(Generator):
         ]
         if not options:
             raise RejectSample("edit_infeasible")
-        thing = _pick(rng, options)
+        thing = pick(rng, options)
         old, obj.color = obj.color, COLOR_KNOWLEDGE[thing]
         prompt = f"Paint the {old} {obj.shape} the color of {thing}."
         thought = (

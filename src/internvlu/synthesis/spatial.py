@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from internvlu.data.records import ImageRef, Sample
+from internvlu.data.records import Sample
 from internvlu.synthesis.gen_common import (
     GeneratorConfig,
+    check_min_int,
     check_subset,
     check_weights,
+    edit_pair_sample,
     figure_image,
     fmt_num,
     new_figure,
@@ -117,7 +119,7 @@ class Solid:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "vertices": [[fmt_float(v) for v in row] for row in self.vertices],
+            "vertices": _rows(self.vertices),
             "faces": self.faces,
             "colors": self.colors,
         }
@@ -350,8 +352,7 @@ class SpatialConfig(GeneratorConfig):
     azim_range: tuple[float, ...] = (-65.0, -25.0)
 
     def validate(self) -> None:
-        if not isinstance(self.image_size, int) or self.image_size < 192:
-            raise ValueError(f"image_size must be an integer >= 192, got {self.image_size!r}")
+        check_min_int("image_size", self.image_size, 192)
         check_subset("tasks", self.tasks, TASKS)
         check_weights("task_weights", self.task_weights, self.tasks)
         check_subset("families", self.families, FAMILIES)
@@ -416,16 +417,7 @@ class SpatialGenerator(Generator):
             "pixels": _pixels(pix_in[: len(before.solids)]),
             "target_pixels": _pixels(pix_out[: len(after.solids)]),
         }
-        common = {
-            "id": sample_id,
-            "prompt": prompt,
-            "images": [ImageRef.from_image("image0", image_in)],
-            "target": ImageRef.from_image("target", image_out),
-            "meta": meta,
-        }
-        if task == "think":
-            return Sample(task="think", thought=thought, **common)
-        return Sample(task="edit", **common)
+        return edit_pair_sample(task, sample_id, prompt, thought, image_in, image_out, meta)
 
     # ---- placing solids --------------------------------------------------------------------------
 
@@ -471,12 +463,7 @@ class SpatialGenerator(Generator):
             f"Each face keeps its colour, so the result is {self._describe(moved)}."
         )
         prompt = f"Rotate the solid {angle} degrees counter-clockwise about the {axis}-axis."
-        truth = {
-            "transform": {"kind": "rotate", "axis": axis, "degrees": angle},
-            "matrix": _mat(matrix),
-            "solid": solid.to_dict(),
-            "target_solid": moved.to_dict(),
-        }
+        truth = _transform_truth({"kind": "rotate", "axis": axis, "degrees": angle}, matrix, solid, moved)
         return Scene3D([solid]), Scene3D([moved]), prompt, thought, truth
 
     def _translate(self, rng: np.random.Generator) -> Built:
@@ -500,12 +487,8 @@ class SpatialGenerator(Generator):
         )
         direction = f"the {'positive' if distance > 0 else 'negative'} {axis} direction"
         prompt = f"Move the solid {abs(distance)} units in {direction}."
-        truth = {
-            "transform": {"kind": "translate", "axis": axis, "distance": distance},
-            "matrix": _mat(matrix),
-            "solid": solid.to_dict(),
-            "target_solid": moved.to_dict(),
-        }
+        transform = {"kind": "translate", "axis": axis, "distance": distance}
+        truth = _transform_truth(transform, matrix, solid, moved)
         return Scene3D([solid]), Scene3D([moved]), prompt, thought, truth
 
     def _reflect_plane(self, rng: np.random.Generator) -> Built:
@@ -535,12 +518,7 @@ class SpatialGenerator(Generator):
             f"handedness; I add it on the other side of the plane and keep the original."
         )
         prompt = f"Draw the mirror image of the solid in the plane {axis} = {c}, keeping the original."
-        truth = {
-            "transform": {"kind": "reflect_plane", "axis": axis, "c": c},
-            "matrix": _mat(matrix),
-            "solid": solid.to_dict(),
-            "target_solid": image.to_dict(),
-        }
+        truth = _transform_truth({"kind": "reflect_plane", "axis": axis, "c": c}, matrix, solid, image)
         return (Scene3D([solid], [plane]), Scene3D([solid, image], [plane]), prompt, thought, truth)
 
     def _reflect_point(self, rng: np.random.Generator) -> Built:
@@ -564,12 +542,8 @@ class SpatialGenerator(Generator):
             "P is the midpoint of every vertex and its image; I add the image and keep the original."
         )
         prompt = f"Draw the image of the solid under point symmetry about {label}, keeping the original."
-        truth = {
-            "transform": {"kind": "reflect_point", "point": [fmt_float(v) for v in p]},
-            "matrix": _mat(matrix),
-            "solid": solid.to_dict(),
-            "target_solid": image.to_dict(),
-        }
+        transform = {"kind": "reflect_point", "point": [fmt_float(v) for v in p]}
+        truth = _transform_truth(transform, matrix, solid, image)
         return (
             Scene3D([solid], points=[(p, "P")]),
             Scene3D([solid, image], points=[(p, "P")]),
@@ -593,9 +567,9 @@ class SpatialGenerator(Generator):
         prompt = "Draw the orthographic projection of the solid onto the xoy plane."
         truth = {
             "transform": {"kind": "project", "plane": "xoy"},
-            "matrix": _mat(np.diag([1.0, 1, 0, 1])),
+            "matrix": _rows(np.diag([1.0, 1, 0, 1])),
             "solid": solid.to_dict(),
-            "projection": [[fmt_float(v) for v in row] for row in shadow],
+            "projection": _rows(shadow),
             "projection_area": fmt_float(area),
         }
         return Scene3D([solid]), Scene3D([solid], [(shadow, "#555555", 0.55)]), prompt, thought, truth
@@ -630,8 +604,8 @@ class SpatialGenerator(Generator):
         )
         truth = {
             "transform": {"kind": "revolve", "axis": axis},
-            "polygon": [[fmt_float(v) for v in row] for row in poly3d],
-            "profile": [[fmt_float(v) for v in row] for row in profile],
+            "polygon": _rows(poly3d),
+            "profile": _rows(profile),
             "radius_range": [r_min, r_max],
             "height_range": [h_min, h_max],
         }
@@ -671,5 +645,18 @@ def _pixels(groups: list[np.ndarray]) -> list[list[list[float]]]:
     return [[[round(float(v), 2) for v in p] for p in pix] for pix in groups]
 
 
-def _mat(m: np.ndarray) -> list[list[float]]:
+def _rows(m: np.ndarray) -> list[list[float]]:
+    """A 2-D array (matrix, vertex list, polygon) as JSON rows of rounded floats."""
     return [[fmt_float(v) for v in row] for row in m]
+
+
+def _transform_truth(
+    transform: dict[str, Any], matrix: np.ndarray, before: Solid, after: Solid
+) -> dict[str, Any]:
+    """Ground truth of a family that maps one solid by a 4x4 matrix (rotate, translate, reflections)."""
+    return {
+        "transform": transform,
+        "matrix": _rows(matrix),
+        "solid": before.to_dict(),
+        "target_solid": after.to_dict(),
+    }

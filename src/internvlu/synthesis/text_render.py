@@ -39,6 +39,7 @@ from internvlu.constants import IMAGE_PLACEHOLDER
 from internvlu.data.records import ImageRef, Message, Sample
 from internvlu.synthesis.gen_common import (
     GeneratorConfig,
+    check_min_int,
     check_range,
     check_subset,
     check_weights,
@@ -437,8 +438,7 @@ class TextConfig(GeneratorConfig):
     ocr_max_cer: float = 0.0
 
     def validate(self) -> None:
-        if not isinstance(self.image_size, int) or self.image_size < 64:
-            raise ValueError(f"image_size must be an integer >= 64, got {self.image_size!r}")
+        check_min_int("image_size", self.image_size, 64)
         check_subset("tasks", self.tasks, TASKS)
         check_weights("task_weights", self.task_weights, self.tasks)
         check_subset("backgrounds", self.backgrounds, BACKGROUNDS)
