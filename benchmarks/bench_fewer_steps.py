@@ -27,10 +27,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import perf_common as pc  # noqa: E402
+import perf_common as pc
 
-DEFAULT_CONFIGS = ["default:20", "default:10", "dpm++3m:10", "unipc:10", "unipc3:10", "unipc3:8", "default:20:cache2",
-                   "default:20:cache3"]  # fmt: skip
+DEFAULT_CONFIGS = [
+    "default:20",
+    "default:10",
+    "dpm++3m:10",
+    "unipc:10",
+    "unipc3:10",
+    "unipc3:8",
+    "default:20:cache2",
+    "default:20:cache3",
+]
 PROXY_PROMPTS = [
     "a red circle above a blue square",
     "two green triangles on a white background",
@@ -82,10 +90,23 @@ def proxy_images(pipe, cfg: dict[str, Any], prompts: list[str], size: int) -> tu
     return images, (time.perf_counter() - start) / max(len(prompts), 1)
 
 
+def pair(scores: dict[str, float], baseline: dict[str, float] | None, key: str) -> list[Any]:
+    """[score, score - baseline score] for one metric, or dashes without a shapes eval."""
+    if not scores or baseline is None:
+        return ["-", "-"]
+    return [round(scores[key], 3), round(scores[key] - baseline[key], 3)]
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: $INTERNVLU_MODEL, then the "
-                        "embedded model), or tiny / mid / released for random weights")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint folder (default: $INTERNVLU_MODEL, then the "
+        "embedded model), or tiny / mid / released for random weights",
+    )
     parser.add_argument("--dtype", default="fp32", choices=sorted(pc.DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
@@ -94,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-shapes", action="store_true", help="skip the shapes eval (proxy only)")
     parser.add_argument("--proxy-prompts", type=int, default=8)
-    parser.add_argument("--proxy-size", type=int, default=None, help="proxy image size (default: the model's)")
+    parser.add_argument(
+        "--proxy-size", type=int, default=None, help="proxy image size (default: the model's)"
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
@@ -124,7 +147,18 @@ def main(argv: list[str] | None = None) -> None:
 
     table = pc.Table(
         f"Fewer steps vs {configs[0]['label']} ({model_name}, {args.dtype})",
-        ["config", "MMDiT calls", "s/image", "proxy PSNR dB", "GenEval overall", "Δ", "edit", "Δ", "think", "Δ"],
+        [
+            "config",
+            "MMDiT calls",
+            "s/image",
+            "proxy PSNR dB",
+            "GenEval overall",
+            "Δ",
+            "edit",
+            "Δ",
+            "think",
+            "Δ",
+        ],
     )
     baseline_images: list[np.ndarray] | None = None
     baseline_scores: dict[str, float] | None = None
@@ -137,23 +171,33 @@ def main(argv: list[str] | None = None) -> None:
         quality = float(np.mean([min(psnr(a, b), 99.0) for a, b in zip(images, baseline_images)]))
         scores: dict[str, float] = {}
         if evaluate is not None:
-            res = evaluate(pipe, num=args.num, seed=args.seed, batch_size=args.batch_size,
-                           num_inference_steps=cfg["steps"], think_off=False)  # fmt: skip
+            res = evaluate(
+                pipe,
+                num=args.num,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                num_inference_steps=cfg["steps"],
+                think_off=False,
+            )
             scores = {"geneval": res["geneval"]["overall"], "edit": res["edit"], "think": res["think"]}
             if baseline_scores is None:
                 baseline_scores = scores
 
-        def pair(key: str) -> list[Any]:
-            if not scores:
-                return ["-", "-"]
-            assert baseline_scores is not None
-            return [round(scores[key], 3), round(scores[key] - baseline_scores[key], 3)]
-
-        table.add(cfg["label"], calls, round(per_image, 2), round(quality, 2), *pair("geneval"), *pair("edit"),
-                  *pair("think"))  # fmt: skip
+        table.add(
+            cfg["label"],
+            calls,
+            round(per_image, 2),
+            round(quality, 2),
+            *pair(scores, baseline_scores, "geneval"),
+            *pair(scores, baseline_scores, "edit"),
+            *pair(scores, baseline_scores, "think"),
+        )
     pipe.set_sampler()
-    pc.report([table], args.out, {"script": "bench_fewer_steps", "label": args.label, "model": model_name,
-                                  "args": vars(args)})  # fmt: skip
+    pc.report(
+        [table],
+        args.out,
+        {"script": "bench_fewer_steps", "label": args.label, "model": model_name, "args": vars(args)},
+    )
 
 
 if __name__ == "__main__":

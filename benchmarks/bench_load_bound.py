@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import perf_common as pc  # noqa: E402
+import perf_common as pc
 
 
 def available_bytes() -> int | None:
@@ -35,11 +35,17 @@ def available_bytes() -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="released", choices=["tiny", "mid", "released"])
     parser.add_argument("--bound", type=float, default=1.2)
-    parser.add_argument("--min-free-gb", type=float, default=None,
-                        help="refuse to run below this much available memory (default: 1.5x the weights)")  # fmt: skip
+    parser.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=None,
+        help="refuse to run below this much available memory (default: 1.5x the weights)",
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the written checkpoint for later runs")
     args = parser.parse_args(argv)
@@ -52,12 +58,25 @@ def main(argv: list[str] | None = None) -> int:
         floor = args.min_free_gb * 2**30 if args.min_free_gb else 1.5 * need
         free = available_bytes()
         if free is not None and free < floor:
-            print(f"only {free / 2**30:.1f} GiB available, need {floor / 2**30:.1f} GiB: not running", file=sys.stderr)
+            print(
+                f"only {free / 2**30:.1f} GiB available, need {floor / 2**30:.1f} GiB: not running",
+                file=sys.stderr,
+            )
             return 2
     folder = pc.checkpoint(args.model, "bf16")
-    cmd = [sys.executable, str(Path(__file__).with_name("bench_memory.py")), "--_child", "load", "--loader", "ours",
-           "--model", args.model, "--dtype", "bf16"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("bench_memory.py")),
+        "--_child",
+        "load",
+        "--loader",
+        "ours",
+        "--model",
+        args.model,
+        "--dtype",
+        "bf16",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
         print(proc.stderr[-3000:], file=sys.stderr)
@@ -65,11 +84,30 @@ def main(argv: list[str] | None = None) -> int:
     r = json.loads(lines[-1])
     peak = (r["peak"] - r["base"]) / r["weights"]
     after = (r["peak_after_use"] - r["base"]) / r["weights"]
-    table = pc.Table(f"Loading memory bound ({args.model}, bf16)", ["weights GiB", "load s", "peak RSS increase GiB",
-                     "x weights", "after use GiB", "x weights (after use)", "bound", "holds"])  # fmt: skip
+    table = pc.Table(
+        f"Loading memory bound ({args.model}, bf16)",
+        [
+            "weights GiB",
+            "load s",
+            "peak RSS increase GiB",
+            "x weights",
+            "after use GiB",
+            "x weights (after use)",
+            "bound",
+            "holds",
+        ],
+    )
     holds = max(peak, after) <= args.bound
-    table.add(pc.gib(r["weights"]), round(r["load_s"], 1), pc.gib(r["peak"] - r["base"]), round(peak, 3),
-              pc.gib(r["peak_after_use"] - r["base"]), round(after, 3), args.bound, "yes" if holds else "NO")  # fmt: skip
+    table.add(
+        pc.gib(r["weights"]),
+        round(r["load_s"], 1),
+        pc.gib(r["peak"] - r["base"]),
+        round(peak, 3),
+        pc.gib(r["peak_after_use"] - r["base"]),
+        round(after, 3),
+        args.bound,
+        "yes" if holds else "NO",
+    )
     pc.report([table], args.out, {"script": "bench_load_bound", "model": args.model, "raw": r})
     if args.model != "tiny" and not args.keep:
         import shutil

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import perf_common as pc  # noqa: E402
+import perf_common as pc
 
 PROMPT = "A red cube to the left of two blue balls on a wooden table, soft light, photograph"
 
@@ -129,32 +129,64 @@ def child_load(args: argparse.Namespace) -> None:
         for model in models.values():
             for p in model.parameters():
                 p.detach().sum()  # reads every page (in the weights' own dtype: no copy), as a forward would
-    print(json.dumps({"load_s": seconds, "weights": weights, "base": rss.start, "peak": rss.peak,
-                      "peak_after_use": max(rss.peak, touched.peak)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "load_s": seconds,
+                "weights": weights,
+                "base": rss.start,
+                "peak": rss.peak,
+                "peak_after_use": max(rss.peak, touched.peak),
+            }
+        )
+    )
 
 
 def bench_load(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
     pc.checkpoint(args.model)  # written once, outside the measurement
     for loader in args.loaders:
-        cmd = [sys.executable, __file__, "--_child", "load", "--loader", loader, "--model", args.model,
-               "--dtype", dtype]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_child",
+            "load",
+            "--loader",
+            loader,
+            "--model",
+            args.model,
+            "--dtype",
+            dtype,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
-            table.add(args.model, dtype, loader, "failed", proc.stderr.strip().splitlines()[-1:], "", "", "", "")
+            table.add(
+                args.model, dtype, loader, "failed", proc.stderr.strip().splitlines()[-1:], "", "", "", ""
+            )
             continue
         r = json.loads(lines[-1])
         peak = r["peak"] - r["base"]
         after = r["peak_after_use"] - r["base"]
-        table.add(args.model, dtype, loader, round(r["load_s"], 2), pc.gib(r["weights"]), pc.gib(peak),
-                  round(peak / r["weights"], 2), pc.gib(after), round(after / r["weights"], 2))  # fmt: skip
+        table.add(
+            args.model,
+            dtype,
+            loader,
+            round(r["load_s"], 2),
+            pc.gib(r["weights"]),
+            pc.gib(peak),
+            round(peak / r["weights"], 2),
+            pc.gib(after),
+            round(after / r["weights"], 2),
+        )
 
 
 # ---------------------------------------------------------------------------------------- quantization
 def _fixed_inputs(pipe, size: int = 256) -> dict[str, Any]:
     """One MMDiT input and one LLM input, built from real pipeline stages with fixed noise."""
     proc = pipe.processor(PROMPT, generation_mode="image", height=size, width=size)
-    states, masks = pipe._condition(proc.input_ids, proc.attention_mask, proc.pixel_values, proc.images_per_row)
+    states, masks = pipe._condition(
+        proc.input_ids, proc.attention_mask, proc.pixel_values, proc.images_per_row
+    )
     grid = proc.image_grid_thw_gen[-1:]  # the conditional row's generation grid
     g = torch.Generator().manual_seed(0)
     latents = torch.randn((1, 16, int(grid[0, 1]), int(grid[0, 2])), generator=g)
@@ -165,10 +197,19 @@ def _fixed_inputs(pipe, size: int = 256) -> dict[str, Any]:
 def _outputs(pipe, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     device = pipe.device
     fhw = torch.zeros((0, 3), dtype=torch.long, device=device)  # no ViT images in a text-to-image context
-    velocity = pipe.generation_decoder(
-        inputs["latents"].to(device, pipe.generation_decoder_dtype), torch.tensor([500.0], device=device),
-        [inputs["state"]], [inputs["mask"]], inputs["grid"].to(device), [fhw], None,
-    ).float().cpu()  # fmt: skip
+    velocity = (
+        pipe.generation_decoder(
+            inputs["latents"].to(device, pipe.generation_decoder_dtype),
+            torch.tensor([500.0], device=device),
+            [inputs["state"]],
+            [inputs["mask"]],
+            inputs["grid"].to(device),
+            [fhw],
+            None,
+        )
+        .float()
+        .cpu()
+    )
     proc = inputs["proc"]
     ids, mask = proc.input_ids[:1].to(device), proc.attention_mask[:1].to(device)
     hidden = pipe.vlm.forward_hidden_states(ids, mask, None)[-1].float().cpu()
@@ -193,8 +234,10 @@ def bench_quant(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
     def t2i(pipe) -> tuple[np.ndarray, float]:
         timings = []
         for _ in range(args.repeat):
-            with pc.timed(args.device) as t:
-                image = pipe.generate(PROMPT, height=size, width=size, num_inference_steps=args.steps, seed=0).image
+            with pc.timed(args.device, args.clock) as t:
+                image = pipe.generate(
+                    PROMPT, height=size, width=size, num_inference_steps=args.steps, seed=0
+                ).image
             timings.append(t["s"])
         return np.asarray(image).astype(float), min(timings) / args.steps
 
@@ -205,8 +248,17 @@ def bench_quant(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
 
     ref_img, ref_step = t2i(base)
     trim_heap()
-    table.add(args.model, dtype, "none", pc.gib(qbytes(base)), pc.gib(pc.rss_bytes()), 0.0, 0.0, 0.0,
-              round(ref_step, 3))  # fmt: skip
+    table.add(
+        args.model,
+        dtype,
+        "none",
+        pc.gib(qbytes(base)),
+        pc.gib(pc.rss_bytes()),
+        0.0,
+        0.0,
+        0.0,
+        round(ref_step, 3),
+    )
     del base
     for mode in args.quant_modes:
         trim_heap()
@@ -220,8 +272,17 @@ def bench_quant(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
         rss = pc.rss_bytes()
         v, h = _outputs(pipe, inputs)
         img, step = t2i(pipe)
-        table.add(args.model, dtype, mode, pc.gib(qbytes(pipe)), pc.gib(rss), round(_rel(v, ref_v), 4),
-                  round(_rel(h, ref_h), 4), round(float(np.abs(img - ref_img).mean()), 2), round(step, 3))  # fmt: skip
+        table.add(
+            args.model,
+            dtype,
+            mode,
+            pc.gib(qbytes(pipe)),
+            pc.gib(rss),
+            round(_rel(v, ref_v), 4),
+            round(_rel(h, ref_h), 4),
+            round(float(np.abs(img - ref_img).mean()), 2),
+            round(step, 3),
+        )
         del pipe
 
 
@@ -238,9 +299,11 @@ def bench_offload(args: argparse.Namespace, dtype: str, table: pc.Table) -> None
         elif mode == "sequential":
             pipe.enable_sequential_cpu_offload(device=args.device)
         torch.cuda.empty_cache()
-        with pc.peak_vram(args.device) as vram, pc.timed(args.device) as t:
+        with pc.peak_vram(args.device) as vram, pc.timed(args.device, args.clock) as t:
             pipe.generate(PROMPT, height=size, width=size, num_inference_steps=args.steps, seed=0)
-        table.add(args.model, dtype, mode, pc.gib(vram.get("peak")), round(t["s"], 2), round(t["s"] / args.steps, 3))
+        table.add(
+            args.model, dtype, mode, pc.gib(vram.get("peak")), round(t["s"], 2), round(t["s"] / args.steps, 3)
+        )
         del pipe
         torch.cuda.empty_cache()
 
@@ -259,56 +322,125 @@ def bench_tiling(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
             else:
                 pipe.disable_vae_tiling()
             trim_heap()
-            with pc.PeakRSS() as rss, pc.peak_vram(args.device) as vram, pc.timed(args.device) as t:
-                with torch.no_grad():
-                    pixels = stages.decode_latents(pipe.vae, z.to(args.device))
+            with (
+                pc.PeakRSS() as rss,
+                pc.peak_vram(args.device) as vram,
+                pc.timed(args.device, args.clock) as t,
+            ):
+                pixels = stages.decode_latents(pipe.vae, z.to(args.device))  # no_grad inside
             results[tiled] = pixels.float().cpu()
-            table.add(args.model, dtype, size, "tiled 256/192" if tiled else "full", round(t["s"], 2),
-                      pc.gib(rss.peak_increase), pc.gib(vram.get("peak_increase")),
-                      round(float((results[tiled] - results[False]).abs().mean()) * 127.5, 3))  # fmt: skip
+            table.add(
+                args.model,
+                dtype,
+                size,
+                "tiled 256/192" if tiled else "full",
+                round(t["s"], 2),
+                pc.gib(rss.peak_increase),
+                pc.gib(vram.get("peak_increase")),
+                round(float((results[tiled] - results[False]).abs().mean()) * 127.5, 3),
+            )
         pipe.disable_vae_tiling()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tiny", help="tiny, mid, released, or a checkpoint folder")
     parser.add_argument("--dtype", nargs="+", default=["bf16"], choices=sorted(pc.DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sections", nargs="+", default=["load", "quant", "offload", "tiling"],
-                        choices=["load", "quant", "offload", "tiling"])  # fmt: skip
-    parser.add_argument("--loaders", nargs="+", default=["ours", "naive", "mmap"], choices=["ours", "naive", "mmap"])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["load", "quant", "offload", "tiling"],
+        choices=["load", "quant", "offload", "tiling"],
+    )
+    parser.add_argument(
+        "--loaders", nargs="+", default=["ours", "naive", "mmap"], choices=["ours", "naive", "mmap"]
+    )
     parser.add_argument("--quant-modes", nargs="+", default=["int8_weight_only", "fp8_weight_only"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--vae-sizes", nargs="+", type=int, default=[512, 1024])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="times in wall seconds, or in this process's CPU seconds (shared machines; with --threads 1)",
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--label", default="")
     parser.add_argument("--loader", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._child == "load":
         child_load(args)
         return
     tables = {
-        "load": pc.Table("Loading (fresh process each)", ["model", "dtype", "loader", "load s", "weights GiB",
-                         "peak RSS GiB", "x weights", "peak after use GiB", "x weights (after use)"]),  # fmt: skip
-        "quant": pc.Table(f"Weight-only quantization of the LLM + MMDiT linears ({args.steps}-step t2i at "
-                          f"{args.sizes[0]} px)", ["model", "dtype", "mode", "LLM+MMDiT weights GiB", "RSS GiB",
-                          "velocity rel err", "LLM hidden rel err", "image mean abs diff", "s/step"]),  # fmt: skip
-        "offload": pc.Table(f"CPU offload ({args.steps}-step t2i at {args.sizes[0]} px)",
-                            ["model", "dtype", "offload", "peak VRAM GiB", "total s", "s/step"]),  # fmt: skip
-        "tiling": pc.Table("VAE decode, tiled vs full", ["model", "dtype", "px", "decode", "s", "peak RSS increase GiB",
-                           "peak VRAM increase GiB", "mean abs diff (levels)"]),  # fmt: skip
+        "load": pc.Table(
+            "Loading (fresh process each)",
+            [
+                "model",
+                "dtype",
+                "loader",
+                "load s",
+                "weights GiB",
+                "peak RSS GiB",
+                "x weights",
+                "peak after use GiB",
+                "x weights (after use)",
+            ],
+        ),
+        "quant": pc.Table(
+            f"Weight-only quantization of the LLM + MMDiT linears ({args.steps}-step t2i at "
+            f"{args.sizes[0]} px)",
+            [
+                "model",
+                "dtype",
+                "mode",
+                "LLM+MMDiT weights GiB",
+                "RSS GiB",
+                "velocity rel err",
+                "LLM hidden rel err",
+                "image mean abs diff",
+                "s/step",
+            ],
+        ),
+        "offload": pc.Table(
+            f"CPU offload ({args.steps}-step t2i at {args.sizes[0]} px)",
+            ["model", "dtype", "offload", "peak VRAM GiB", "total s", "s/step"],
+        ),
+        "tiling": pc.Table(
+            "VAE decode, tiled vs full",
+            [
+                "model",
+                "dtype",
+                "px",
+                "decode",
+                "s",
+                "peak RSS increase GiB",
+                "peak VRAM increase GiB",
+                "mean abs diff (levels)",
+            ],
+        ),
     }
     for dtype in args.dtype:
         for section in args.sections:
             print(f"[bench] {args.model} {dtype} {section} ...", file=sys.stderr, flush=True)
-            {"load": bench_load, "quant": bench_quant, "offload": bench_offload, "tiling": bench_tiling}[section](
-                args, dtype, tables[section]
-            )
-    pc.report([tables[s] for s in args.sections], args.out, {"script": "bench_memory", "label": args.label,
-                                                             "args": vars(args)})  # fmt: skip
+            {"load": bench_load, "quant": bench_quant, "offload": bench_offload, "tiling": bench_tiling}[
+                section
+            ](args, dtype, tables[section])
+    pc.report(
+        [tables[s] for s in args.sections],
+        args.out,
+        {"script": "bench_memory", "label": args.label, "args": vars(args)},
+    )
 
 
 if __name__ == "__main__":

@@ -92,7 +92,9 @@ def _processor_config(size: str) -> dict[str, Any]:
     config["image_processor_kwargs"]["size"] = {"height": 448, "width": 448}
     config["image_seq_length"] = 256
     # Generation between 256x256 and 1024x1024 pixels (patches of 8x8 VAE pixels).
-    config["image_gen_processor_kwargs"].update(min_dynamic_patch=(256 // 8) ** 2, max_dynamic_patch=(1024 // 8) ** 2)
+    config["image_gen_processor_kwargs"].update(
+        min_dynamic_patch=(256 // 8) ** 2, max_dynamic_patch=(1024 // 8) ** 2
+    )
     return config
 
 
@@ -112,14 +114,19 @@ def checkpoint(size: str, dtype: str = "bf16", seed: int = 0) -> Path:
 
     from internvlu.presets import PRESETS, RELEASED_SCHEDULER_CONFIG, build_components
 
-    print(f"[bench] writing a random {size} checkpoint ({dtype}) to {folder} ...", file=sys.stderr, flush=True)
+    print(
+        f"[bench] writing a random {size} checkpoint ({dtype}) to {folder} ...", file=sys.stderr, flush=True
+    )
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     preset = PRESETS[size]()
     vlm, decoder, _ = build_components(preset, "meta")
     torch_dtype = DTYPES[dtype]
-    for name, model, config in (("vlm", vlm, preset.vlm), ("generation_decoder", decoder, preset.generation_decoder)):
+    for name, model, config in (
+        ("vlm", vlm, preset.vlm),
+        ("generation_decoder", decoder, preset.generation_decoder),
+    ):
         (folder / name).mkdir()
         config.to_json_file(folder / name / "config.json")
         tied = set(model.tied_weights()) if hasattr(model, "tied_weights") else set()
@@ -139,7 +146,9 @@ def checkpoint(size: str, dtype: str = "bf16", seed: int = 0) -> Path:
 def load(size: str, dtype: str, device: str = "cpu", **kwargs: Any):
     from internvlu import InternVLUPipeline
 
-    pipe = InternVLUPipeline.from_pretrained(checkpoint(size, **kwargs), torch_dtype=DTYPES[dtype], device=device)
+    pipe = InternVLUPipeline.from_pretrained(
+        checkpoint(size, **kwargs), torch_dtype=DTYPES[dtype], device=device
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -160,16 +169,18 @@ def sync(device: str | torch.device) -> None:
 
 
 @contextlib.contextmanager
-def timed(device: str | torch.device = "cpu") -> Iterator[dict[str, float]]:
-    """with timed(device) as t: ...; t["s"] is the wall time, the device synchronised at both ends."""
+def timed(device: str | torch.device = "cpu", clock: str = "wall") -> Iterator[dict[str, float]]:
+    """with timed(device) as t: ...; t["s"] is the wall time (clock="cpu": this process's CPU time), the
+    device synchronised at both ends."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     out: dict[str, float] = {}
     sync(device)
-    start = time.perf_counter()
+    start = now()
     try:
         yield out
     finally:
         sync(device)
-        out["s"] = time.perf_counter() - start
+        out["s"] = now() - start
 
 
 def _status_kb(field_name: str) -> int | None:
@@ -285,6 +296,8 @@ class Table:
 
     def add(self, *row: Any) -> None:
         self.rows.append(list(row))
+        # Echoed at once, so a long run that is interrupted still leaves its measurements behind.
+        print(f"[bench] {self.title}: " + " | ".join(map(str, row)), file=sys.stderr, flush=True)
 
     def markdown(self) -> str:
         def cell(v: Any) -> str:
@@ -292,8 +305,12 @@ class Table:
                 return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
             return str(v)
 
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join("---" for _ in self.columns) + "|"]  # fmt: skip
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join("---" for _ in self.columns) + "|",
+        ]
         lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
 
@@ -310,8 +327,9 @@ def report(tables: list[Table], out: str | None, meta: dict[str, Any]) -> None:
         return
     path = Path(out)
     data = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    data["runs"].append({"meta": {**meta, "env": environment()},
-                         "tables": {t.title: t.records() for t in tables}})  # fmt: skip
+    data["runs"].append(
+        {"meta": {**meta, "env": environment()}, "tables": {t.title: t.records() for t in tables}}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(f"[bench] results appended to {path}", file=sys.stderr)

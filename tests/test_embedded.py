@@ -44,6 +44,23 @@ def test_single_frame_convs_are_exact_and_restored():
     assert not any("forward" in m.__dict__ for m in vae.modules())
 
 
+def test_single_frame_convs_everywhere_is_exact_and_restored():
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
+
+    from internvlu.embedded.vae import single_frame_convs_everywhere
+
+    original = QwenImageCausalConv3d.forward
+    torch.manual_seed(0)
+    vae = build_vae(VAEArch(base_dim=4, z_dim=4)).eval()
+    x = torch.rand(1, 3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        ref = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        with single_frame_convs_everywhere(), single_frame_convs_everywhere():
+            fast = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    assert QwenImageCausalConv3d.forward is original
+
+
 def test_vae_arch_factor_and_latent_statistics():
     arch = VAEArch(base_dim=4, z_dim=4)
     assert arch.downsample_factor == 4
@@ -58,7 +75,9 @@ def test_vae_arch_factor_and_latent_statistics():
 
 
 def test_recipe_config_overrides_and_validation():
-    cfg = resolve_shapes_config("shapes-tiny", ["seed=3", "generation.steps=10", "world.shapes=[circle,square]"])
+    cfg = resolve_shapes_config(
+        "shapes-tiny", ["seed=3", "generation.steps=10", "world.shapes=[circle,square]"]
+    )
     assert cfg.seed == 3 and cfg.generation.steps == 10 and cfg.world.shapes == ["circle", "square"]
     assert cfg.arch.vae_downsample_factor == cfg.vae.arch.downsample_factor == 4
     with pytest.raises(ValueError, match="stop_after"):
@@ -145,7 +164,14 @@ def test_demo_writes_folder(smoke_run: Path, tmp_path: Path, capsys):
 # ------------------------------------------------------------------------------------------------ shipped model
 
 # Floors of the issue minus a margin for a 24-prompt sample (about two standard errors at p = 0.8).
-SHIPPED_FLOORS = {"overall": 0.40, "single_object": 0.65, "colors": 0.55, "vqa": 0.65, "edit": 0.35, "think": 0.35}
+SHIPPED_FLOORS = {
+    "overall": 0.40,
+    "single_object": 0.65,
+    "colors": 0.55,
+    "vqa": 0.65,
+    "edit": 0.35,
+    "think": 0.35,
+}
 
 
 @needs_shipped
@@ -165,7 +191,9 @@ def test_shipped_model_every_mode_runs():
     image = pipe.generate("a photo of a red circle", num_inference_steps=4, seed=0).images[0]
     assert image.size == (64, 64)
     assert pipe.chat("<image>\nHow many shapes are there?", images=[image], max_new_tokens=8).text
-    assert pipe.edit("Make the red circle blue.", images=[image], num_inference_steps=4, seed=0).images[0].size == (64, 64)
+    assert pipe.edit("Make the red circle blue.", images=[image], num_inference_steps=4, seed=0).images[
+        0
+    ].size == (64, 64)
     result = pipe.generate("Draw as many squares as 1 plus 1.", think=True, num_inference_steps=4, seed=0,
                            max_thought_tokens=64)  # fmt: skip
     assert result.thoughts is not None

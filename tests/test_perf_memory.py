@@ -30,7 +30,9 @@ def pipe() -> InternVLUPipeline:
 
 
 def _image(pipe, size=64, steps=3, prompt="a red cube on a table"):
-    return np.asarray(pipe.generate(prompt, height=size, width=size, num_inference_steps=steps, seed=3).image).astype(int)
+    return np.asarray(
+        pipe.generate(prompt, height=size, width=size, num_inference_steps=steps, seed=3).image
+    ).astype(int)
 
 
 # ---------------------------------------------------------------------- sequential offload
@@ -144,7 +146,7 @@ def test_vae_tiling_decodes_in_tiles_close_to_the_full_decode(pipe):
 
 
 def test_vae_slicing_is_exact(pipe):
-    kw = dict(height=64, width=64, num_inference_steps=2, seed=1, num_images_per_prompt=2)
+    kw = {"height": 64, "width": 64, "num_inference_steps": 2, "seed": 1, "num_images_per_prompt": 2}
     ref = [np.asarray(im) for im in pipe.generate("a cat", **kw).images]
     pipe.enable_vae_slicing()
     try:

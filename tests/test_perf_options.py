@@ -54,11 +54,16 @@ def test_dedupe_runs_identical_rows_once(pipe):
     pipe.vlm.forward_hidden_states = lambda ids, *a, **k: rows.append(ids.shape[0]) or original(ids, *a, **k)
     sizes: list[int] = []
     decoder_forward = pipe.generation_decoder.forward
-    pipe.generation_decoder.forward = lambda x, *a, **k: sizes.append(x.shape[0]) or decoder_forward(x, *a, **k)
+    pipe.generation_decoder.forward = lambda x, *a, **k: (
+        sizes.append(x.shape[0]) or decoder_forward(x, *a, **k)
+    )
     try:
         _gen(pipe, prompt=["a cat", "a dog"], num_inference_steps=2)
         # 2 conditional rows + one dropped row: the dropped prompt is the same for every prompt and both blocks
-        assert rows == [3] and sizes == [4, 4]  # the MMDiT: 2 prompts x (conditional + one shared dropped block)
+        assert rows == [3] and sizes == [
+            4,
+            4,
+        ]  # the MMDiT: 2 prompts x (conditional + one shared dropped block)
         rows.clear()
         sizes.clear()
         pipe.set_performance(dedupe_guidance=False, batch_guidance=False)
@@ -82,7 +87,8 @@ def test_performance_options_validation(pipe):
 
 
 @pytest.mark.parametrize(
-    ("name", "order"), [("default", None), ("dpm++2m", None), ("dpm++3m", None), ("unipc", None), ("unipc", 3)]
+    ("name", "order"),
+    [("default", None), ("dpm++2m", None), ("dpm++3m", None), ("unipc", None), ("unipc", 3)],
 )
 def test_samplers_are_deterministic_and_keep_the_size(pipe, name, order):
     pipe.set_sampler(name, order=order)
@@ -114,7 +120,9 @@ def test_step_cache_calls_the_model_less_and_is_deterministic(pipe):
     try:
         pipe.set_sampler("default", step_cache=cache)
         a = _gen(pipe, num_inference_steps=8).image
-        assert len(calls) == cache.model_calls(8) == 6  # steps 0, 1 (warmup), 2, 4, 6 (every 2nd), 7 (cooldown)
+        assert (
+            len(calls) == cache.model_calls(8) == 6
+        )  # steps 0, 1 (warmup), 2, 4, 6 (every 2nd), 7 (cooldown)
         b = _gen(pipe, num_inference_steps=8).image
         pipe.set_sampler()
         full = _gen(pipe, num_inference_steps=8).image

@@ -31,7 +31,9 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(__doc__ or "").strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="checkpoint folder (default: $INTERNVLU_MODEL, then the embedded model)")
+    p.add_argument(
+        "--model", default=None, help="checkpoint folder (default: $INTERNVLU_MODEL, then the embedded model)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: the best available)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     p.add_argument("--out", type=Path, default=None, help="output folder (default: a new temporary folder)")
@@ -79,7 +81,9 @@ def run_demo(args: argparse.Namespace) -> int:
     edited = timed("edit", lambda: pipe.edit(EDIT_PROMPT, images=[generated], **draw).images[0])
     think_images = list(think.images)
     if think_images:
-        thought_result = timed("think", lambda: pipe.edit(think.prompt, images=think_images, think=True, **draw))
+        thought_result = timed(
+            "think", lambda: pipe.edit(think.prompt, images=think_images, think=True, **draw)
+        )
     else:
         thought_result = timed("think", lambda: pipe.generate(think.prompt, think=True, **draw))
     vqa.images[0].save(out / "question.png")
@@ -94,13 +98,17 @@ def run_demo(args: argparse.Namespace) -> int:
         "generate": {"prompt": GENERATE_PROMPT, "image": "generated.png"},
         "edit": {"prompt": EDIT_PROMPT, "input": "generated.png", "image": "edited.png"},
         "think": {
-            "prompt": think.prompt, "thought": (thought_result.thoughts or [""])[0], "image": "think.png",
+            "prompt": think.prompt,
+            "thought": (thought_result.thoughts or [""])[0],
+            "image": "think.png",
             "input": "think_input.png" if think_images else None,
-        },  # fmt: skip
+        },
         "seconds": {**timings, "total": round(time.perf_counter() - start, 2)},
         "settings": {"steps": args.steps, "seed": args.seed, "size": size},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     (out / "index.html").write_text(_page(results), encoding="utf-8")
     print(out.resolve())
     print(f"demo: {results['seconds']['total']} s; open {(out / 'index.html').resolve()}", file=sys.stderr)
@@ -115,8 +123,8 @@ def _page(r: dict[str, Any]) -> str:
 
     q, g, ed, t = r["question"], r["generate"], r["edit"], r["think"]
     rows = [
-        ("Understanding", img(q["image"]), f"<b>Q:</b> {e(q['prompt'])}<br><b>A:</b> {e(q['answer'])}<br>"
-         f"<small>expected: {e(q['expected'])}</small>"),
+        ("Understanding", img(q["image"]), (f"<b>Q:</b> {e(q['prompt'])}<br><b>A:</b> {e(q['answer'])}<br>"
+         f"<small>expected: {e(q['expected'])}</small>")),
         ("Generation", img(g["image"]), f"<b>Prompt:</b> {e(g['prompt'])}"),
         ("Editing", img(ed["input"]) + " &rarr; " + img(ed["image"]), f"<b>Instruction:</b> {e(ed['prompt'])}"),
         ("Think", (img(t["input"]) + " &rarr; " if t["input"] else "") + img(t["image"]),
@@ -127,7 +135,7 @@ def _page(r: dict[str, Any]) -> str:
 <html><head><meta charset="utf-8"><title>internvlu demo</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:8px;vertical-align:top;text-align:left}}
 tr{{border-bottom:1px solid #ddd}} table{{border-collapse:collapse}}</style></head>
-<body><h1>internvlu demo</h1><p>model: <code>{e(r['model'])}</code> &middot; {r['seconds']['total']} s
-({e(json.dumps(r['seconds']))})</p>
+<body><h1>internvlu demo</h1><p>model: <code>{e(r["model"])}</code> &middot; {r["seconds"]["total"]} s
+({e(json.dumps(r["seconds"]))})</p>
 <table>{body}</table></body></html>
 """

@@ -9,14 +9,23 @@ from typing import Any
 
 import torch
 
-FLOORS = {"geneval_overall": 0.50, "single_object": 0.80, "colors": 0.70, "vqa": 0.80, "edit": 0.50, "think": 0.50}
+FLOORS = {
+    "geneval_overall": 0.50,
+    "single_object": 0.80,
+    "colors": 0.70,
+    "vqa": 0.80,
+    "edit": 0.50,
+    "think": 0.50,
+}
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def write_model_card(model_dir: Path, cfg: Any, timeline: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+def write_model_card(
+    model_dir: Path, cfg: Any, timeline: dict[str, Any], scores: dict[str, Any]
+) -> dict[str, Any]:
     """Write README.md + card.json into `model_dir`; returns the card dict.
 
     Args:
@@ -35,17 +44,32 @@ def write_model_card(model_dir: Path, cfg: Any, timeline: dict[str, Any], scores
         "command": f"internvlu train --recipe shapes-tiny output_dir={cfg.output_dir} seed={cfg.seed}",
         "training_minutes": round(sum(v["minutes"] for v in steps.values()), 2),
         "minutes_per_step": {k: v["minutes"] for k, v in steps.items()},
-        "machine": {"cpu_threads": cfg.num_threads, "platform": platform.platform(), "torch": torch.__version__},
-        "data": {"generator": "shapes", "num_samples": cfg.synth.num_samples, "world": config_to_dict(cfg.world)},
+        "machine": {
+            "cpu_threads": cfg.num_threads,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "data": {
+            "generator": "shapes",
+            "num_samples": cfg.synth.num_samples,
+            "world": config_to_dict(cfg.world),
+        },
         "vae_psnr_db": steps.get("vae", {}).get("psnr"),
         "params": steps.get("init", {}).get("params"),
         "size_mb": folder_size_mb(model_dir),
         "scores": {
-            "num": scores["num"], "seed": scores["seed"], "geneval": g, "vqa": scores["vqa"], "edit": scores["edit"],
-            "think": scores["think"], "think_off": scores["think_off"], "vqa_by_family": scores["vqa_by_family"],
-            "edit_by_op": scores["edit_by_op"], "think_by_kind": scores["think_by_kind"],
+            "num": scores["num"],
+            "seed": scores["seed"],
+            "geneval": g,
+            "vqa": scores["vqa"],
+            "edit": scores["edit"],
+            "think": scores["think"],
+            "think_off": scores["think_off"],
+            "vqa_by_family": scores["vqa_by_family"],
+            "edit_by_op": scores["edit_by_op"],
+            "think_by_kind": scores["think_by_kind"],
             "settings": {k: v for k, v in scores["settings"].items() if k != "shapes_config"},
-        },  # fmt: skip
+        },
         "curve": timeline.get("curve", []),
         "config": config_to_dict(cfg),
     }
@@ -61,27 +85,30 @@ def write_model_card(model_dir: Path, cfg: Any, timeline: dict[str, Any], scores
         f"{_pct(p['think'])} |"
         for p in card["curve"]
     )
-    text = f"""# internvlu shapes-tiny
+    text = (
+        f"""# internvlu shapes-tiny
 
 A tiny InternVL-U (InternViT + Qwen3 + MMDiT head + Qwen-Image VAE, the release's classes and on-disk layout),
 trained from scratch by `internvlu train --recipe shapes-tiny` on the synthetic shapes world. It is the model the
-CLI, server and web UI use when no `--model` is given. It knows only the shapes world ({card['data']['world']['image_size']} px
+CLI, server and web UI use when no `--model` is given. It knows only the shapes world ({card["data"]["world"]["image_size"]} px
 images of coloured circles, squares, triangles, diamonds and stars on plain backgrounds, with short words).
 
 - Data: {cfg.synth.num_samples} synthetic samples (`internvlu synth shapes`, seed {cfg.seed}), task weights
-  understanding:t2i:edit:think = {':'.join(str(w) for w in cfg.synth.task_weights)}.
+  understanding:t2i:edit:think = {":".join(str(w) for w in cfg.synth.task_weights)}.
 - Recipe: tokenizer (byte-level BPE, {cfg.tokenizer.vocab_size} merges + special tokens) -> VAE
-  (PSNR {card['vae_psnr_db']} dB on held-out images) -> understanding pre-training (NTP) -> generation head (MLLM
+  (PSNR {card["vae_psnr_db"]} dB on held-out images) -> understanding pre-training (NTP) -> generation head (MLLM
   frozen, flow matching) -> unified stage (everything, NTP:flow {cfg.unified.ntp_weight:g}:{cfg.unified.flow_weight:g}).
-- Seed: {cfg.seed}. Training time: {card['training_minutes']:.1f} min on {cfg.num_threads} CPU threads
-  (including synthesis and the final evaluation). Size: {card['size_mb']} MB ({cfg.export_dtype}).
-- Reproduce: `{card['command']}`
+- Seed: {cfg.seed}. Training time: {card["training_minutes"]:.1f} min on {cfg.num_threads} CPU threads
+  (including synthesis and the final evaluation). Size: {card["size_mb"]} MB ({cfg.export_dtype}).
+- Reproduce: `{card["command"]}`
 
-## Scores (`internvlu eval shapes`, {scores['num']} fresh prompts per category, seed {scores['seed']})
+## Scores (`internvlu eval shapes`, {scores["num"]} fresh prompts per category, seed {scores["seed"]})
 
 | metric | % |
 |---|---|
-""" + "\n".join(f"| {name} | {_pct(v)} |" for name, v in rows) + f"""
+"""
+        + "\n".join(f"| {name} | {_pct(v)} |" for name, v in rows)
+        + f"""
 
 ## Training curve (small evaluations after each stage)
 
@@ -89,7 +116,8 @@ images of coloured circles, squares, triangles, diamonds and stars on plain back
 |---|---|---|---|---|---|
 {curve}
 
-Minutes per step: {json.dumps(card['minutes_per_step'])}
+Minutes per step: {json.dumps(card["minutes_per_step"])}
 """
+    )
     (model_dir / "README.md").write_text(text, encoding="utf-8")
     return card

@@ -71,7 +71,9 @@ class VAETrainConfig:
     init_logvar: float = -8.0
 
 
-def build_vae(arch: VAEArch, latents_mean: Sequence[float] | None = None, latents_std: Sequence[float] | None = None):
+def build_vae(
+    arch: VAEArch, latents_mean: Sequence[float] | None = None, latents_std: Sequence[float] | None = None
+):
     from diffusers import AutoencoderKLQwenImage
 
     arch.validate()
@@ -115,6 +117,34 @@ def single_frame_convs(vae: nn.Module) -> Iterator[nn.Module]:
             del conv.forward  # back to the class method
 
 
+@contextlib.contextmanager
+def single_frame_convs_everywhere() -> Iterator[None]:
+    """`single_frame_convs` for every Qwen-Image VAE in the process (class-level patch; exact for one-frame inputs,
+    the original forward otherwise), for code that builds its own VAE (latent pre-computation, evaluation)."""
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
+
+    original = QwenImageCausalConv3d.forward
+    if getattr(original, "_single_frame", False):
+        yield  # already patched by an outer context
+        return
+
+    def forward(self: nn.Conv3d, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+        pad_w, _, pad_h, _, pad_t, _ = self._padding
+        if x.shape[2] != 1 or cache_x is not None or self.stride[0] != 1 or pad_t != self.kernel_size[0] - 1:
+            return original(self, x, cache_x)
+        y = F.conv2d(
+            x[:, :, 0], self.weight[:, :, -1], self.bias, stride=self.stride[1:], padding=(pad_h, pad_w)
+        )
+        return y[:, :, None]  # [B, C, 1, H, W]
+
+    forward._single_frame = True  # type: ignore[attr-defined]
+    QwenImageCausalConv3d.forward = forward
+    try:
+        yield
+    finally:
+        QwenImageCausalConv3d.forward = original
+
+
 def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 [H, W, 3] arrays -> float [N, 3, H, W] in [-1, 1] (the pipeline's VAE input range)."""
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
@@ -134,7 +164,9 @@ def psnr(vae: nn.Module, images: torch.Tensor, batch_size: int = 64) -> float:
 
 
 @torch.no_grad()
-def latent_statistics(vae: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tuple[list[float], list[float]]:
+def latent_statistics(
+    vae: nn.Module, images: torch.Tensor, batch_size: int = 64
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the posterior means over `images`."""
     mus = []
     with single_frame_convs(vae):
@@ -144,6 +176,20 @@ def latent_statistics(vae: nn.Module, images: torch.Tensor, batch_size: int = 64
     mean = mu.mean(dim=(0, 2, 3))
     std = mu.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return [round(float(v), 5) for v in mean], [round(float(v), 5) for v in std]
+
+
+def encode_moments(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and log-variance of one-frame inputs [B, 3, 1, H, W] (as `vae.encode`, no feature cache:
+    for T=1 the cached path computes the same values)."""
+    moments = vae.quant_conv(vae.encoder(x))  # [B, 2z, 1, h, w]
+    mu, logvar = moments.chunk(2, dim=1)
+    return mu, logvar.clamp(-30.0, 20.0)
+
+
+def decode_unclamped(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """`vae.decode(z).sample` without its final clamp to [-1, 1]: the clamp gives overshooting pixels no gradient,
+    and the shapes world is full of saturated colours (white / black backgrounds), so training would stall."""
+    return vae.decoder(vae.post_quant_conv(z))
 
 
 def _random_crops(x: torch.Tensor, size: int | None, gen: torch.Generator) -> torch.Tensor:
@@ -160,19 +206,21 @@ def train_vae(
     images: torch.Tensor,
     config: VAETrainConfig,
     log: Callable[[dict], None] | None = None,
+    init: nn.Module | None = None,
 ):
     """Train a fresh VAE of `arch` on `images` ([N, 3, H, W] in [-1, 1]); returns (vae, history).
 
     The last `config.num_val` images are held out for the PSNR curve; the returned VAE has its latents_mean /
-    latents_std set from the training images.
+    latents_std set from the training images. `init`: continue training this VAE instead of a fresh one.
     """
     if len(images) <= config.num_val:
         raise ValueError(f"need more than num_val={config.num_val} images, got {len(images)}")
     torch.manual_seed(config.seed)
-    vae = build_vae(arch).float().train()
-    with torch.no_grad():
-        vae.quant_conv.weight[arch.z_dim :].mul_(0.1)  # [2z, 2z, 1, 1, 1]: the logvar half
-        vae.quant_conv.bias[arch.z_dim :].fill_(config.init_logvar)
+    vae = (init if init is not None else build_vae(arch)).float().train()
+    if init is None:
+        with torch.no_grad():
+            vae.quant_conv.weight[arch.z_dim :].mul_(0.1)  # [2z, 2z, 1, 1, 1]: the logvar half
+            vae.quant_conv.bias[arch.z_dim :].fill_(config.init_logvar)
     train, val = images[: -config.num_val], images[-config.num_val :]
     opt = torch.optim.AdamW(vae.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(config.seed)
@@ -183,17 +231,22 @@ def train_vae(
         while step < config.steps:
             if config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes:
                 break
-            # Cosine decay after a short warm-up: the last steps sharpen edges.
+            # Cosine decay after a short warm-up (the last steps sharpen edges), over steps or minutes, whichever
+            # runs out first, so a time-capped run still ends at the low learning rate.
+            progress = step / config.steps
+            if config.max_minutes is not None:
+                progress = max(progress, (time.perf_counter() - start) / (60 * config.max_minutes))
             warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
-            lr = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+            lr = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = torch.randint(0, len(train), (config.batch_size,), generator=gen)
             x = _random_crops(train[idx], config.crop_size, gen)[:, :, None]  # [B, 3, 1, H, W]
-            posterior = vae.encode(x).latent_dist
-            y = vae.decode(posterior.sample(generator=gen)).sample
+            mu, logvar = encode_moments(vae, x)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+            y = decode_unclamped(vae, z)
             rec = (y - x).abs().mean() + (y - x).pow(2).mean()
-            kl = posterior.kl().mean() / x[0].numel()
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1).mean() / x[0].numel()
             loss = rec + config.kl_weight * kl
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,7 +266,13 @@ def train_vae(
                     log(entry)
     vae.eval()
     if not history or history[-1]["step"] != step:
-        history.append({"step": step, "minutes": round((time.perf_counter() - start) / 60, 3), "psnr": round(psnr(vae, val), 3)})
+        history.append(
+            {
+                "step": step,
+                "minutes": round((time.perf_counter() - start) / 60, 3),
+                "psnr": round(psnr(vae, val), 3),
+            }
+        )
         if log:
             log(history[-1])
     mean, std = latent_statistics(vae, train[:512])

@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import logging
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,6 @@ from ..sampling.denoise import denoise
 from ..sampling.guidance import NORM_TRUNC_TIMESTEP
 from ..sampling.samplers import SamplerOptions, StepCache, build_scheduler
 from . import stages
-from .offload import SequentialOffload
-from .options import PerformanceOptions
-from .quantization import QUANT_COMPONENTS, QuantReport, is_quantized, quantize_modules
-from .think import conditioning_from_generation
 from .loading import (
     COMPONENTS,
     load_diffusers_component,
@@ -51,7 +46,11 @@ from .loading import (
     save_torch_component,
     write_model_index,
 )
+from .offload import SequentialOffload
+from .options import PerformanceOptions
 from .outputs import ChatResult, ImageResult, InternVLUPipelineOutput
+from .quantization import QUANT_COMPONENTS, QuantReport, quantize_modules
+from .think import conditioning_from_generation
 
 logger = logging.getLogger(__name__)
 

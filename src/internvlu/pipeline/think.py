@@ -71,9 +71,7 @@ def conditioning_from_generation(
     if len(steps) != T or steps[0][0].shape[1] != Lp:
         raise AssertionError(f"{len(steps)} hidden-state steps for {T} tokens and a prompt of {Lp}")
     # [B, Lp + T - 1, J]: every position the generation fed through the LLM, selected layers concatenated.
-    hidden = torch.cat(
-        [torch.cat([step[layer] for step in steps], dim=1) for layer in select_layers], dim=-1
-    )
+    hidden = torch.cat([torch.cat([step[layer] for step in steps], dim=1) for layer in select_layers], dim=-1)
     prompt_mask = prompt_mask.to(device)
     prompt_ids = prompt_ids.to(device)
     k = torch.tensor([len(row) for row in kept], device=device)  # [B] kept thought lengths

@@ -39,7 +39,9 @@ class StepCache:
         if self.interval < 1:
             raise ValueError(f"StepCache.interval must be >= 1, got {self.interval}")
         if self.warmup < 1:
-            raise ValueError(f"StepCache.warmup must be >= 1 (the first step has nothing to reuse), got {self.warmup}")
+            raise ValueError(
+                f"StepCache.warmup must be >= 1 (the first step has nothing to reuse), got {self.warmup}"
+            )
         if self.cooldown < 0:
             raise ValueError(f"StepCache.cooldown must be >= 0, got {self.cooldown}")
 

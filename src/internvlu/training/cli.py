@@ -62,11 +62,13 @@ def resolve_config(recipe: str, overrides: list[str]):
 def run_train(args: argparse.Namespace) -> int:
     """Entry point of `internvlu train`; returns the exit code."""
     if args.list:
+        from internvlu.embedded.recipe import PIPELINE_RECIPES
         from internvlu.training.recipes import list_recipes
 
-        from internvlu.embedded.recipe import PIPELINE_RECIPES
-
-        docs = {**list_recipes(), **{n: (f.__doc__ or "").strip().splitlines()[0] for n, f in PIPELINE_RECIPES.items()}}
+        docs = {
+            **list_recipes(),
+            **{n: (f.__doc__ or "").strip().splitlines()[0] for n, f in PIPELINE_RECIPES.items()},
+        }
         for name, doc in sorted(docs.items()):
             print(f"{name:18s} {doc}")
         return 0
@@ -127,8 +129,16 @@ def _run_pipeline_recipe(args: argparse.Namespace) -> int:
     if "stopped_after" in card:
         print(json.dumps({"stopped_after": card["stopped_after"], "output_dir": config.output_dir}))
         return 0
-    print(json.dumps({"model": str(Path(config.output_dir) / "model"), "minutes": card["training_minutes"],
-                      "scores": card["scores"]["geneval"] | {k: card["scores"][k] for k in ("vqa", "edit", "think", "think_off")}}))
+    print(
+        json.dumps(
+            {
+                "model": str(Path(config.output_dir) / "model"),
+                "minutes": card["training_minutes"],
+                "scores": card["scores"]["geneval"]
+                | {k: card["scores"][k] for k in ("vqa", "edit", "think", "think_off")},
+            }
+        )
+    )
     return 0
 
 
