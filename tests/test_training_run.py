@@ -297,3 +297,16 @@ def test_training_starts_from_a_checkpoint_folder_and_keeps_frozen_parts(tmp_pat
         start.generation_decoder.state_dict()[key], done.generation_decoder.state_dict()[key]
     )
     assert done.processor.tokenizer.get_vocab() == start.processor.tokenizer.get_vocab()
+
+
+def test_bf16_mixed_precision_with_activation_checkpointing_and_accumulation(tmp_path: Path) -> None:
+    # bf16 autocast over fp32 master weights, checkpointed blocks and 2 micro-batches per step.
+    out = tmp_path / "bf16"
+    result = Trainer(
+        _config("tiny", out, "train.steps=3", "train.dtype=bfloat16", "parallel.activation_checkpointing=true",
+                "train.global_batch_size=4", "train.micro_batch_size=2")  # fmt: skip
+    ).train()
+    losses = [r["loss"] for r in result.history]
+    assert len(losses) == 3 and all(np.isfinite(losses)), losses
+    trained = _weights(result.checkpoint)
+    assert all(t.dtype == torch.float32 for t in trained.values())  # master weights stay fp32
