@@ -12,7 +12,8 @@ Sections (tables printed; --out appends them to a JSON file):
   subprocess; "peak after use" touches every weight once, as a first forward would.
 - quant: int8 / fp8 weight-only quantization of the LLM and MMDiT linears (torchao): weight bytes, RSS,
   the output difference against the unquantized model (MMDiT velocity and LLM last hidden state on fixed
-  inputs, relative L2 error; t2i image mean abs difference) and the t2i time per step.
+  inputs, relative L2 error; t2i image mean abs difference), the time of one MMDiT forward (one guidance
+  row at --sizes[0]) and the LLM decode speed.
 - offload: peak VRAM and time of t2i with no offload, model offload and sequential offload (GPU only).
 - tiling: peak memory and time of one VAE decode at each size, tiled and untiled.
 """
@@ -194,7 +195,7 @@ def _fixed_inputs(pipe, size: int = 256) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _outputs(pipe, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def _outputs(pipe, inputs: dict[str, Any], llm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     device = pipe.device
     fhw = torch.zeros((0, 3), dtype=torch.long, device=device)  # no ViT images in a text-to-image context
     velocity = (
@@ -210,6 +211,8 @@ def _outputs(pipe, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         .float()
         .cpu()
     )
+    if not llm:
+        return velocity, None
     proc = inputs["proc"]
     ids, mask = proc.input_ids[:1].to(device), proc.attention_mask[:1].to(device)
     hidden = pipe.vlm.forward_hidden_states(ids, mask, None)[-1].float().cpu()
@@ -231,22 +234,33 @@ def bench_quant(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
     inputs = _fixed_inputs(base, size)
     ref_v, ref_h = _outputs(base, inputs)
 
-    def t2i(pipe) -> tuple[np.ndarray, float]:
-        timings = []
+    def image(pipe) -> np.ndarray:
+        res = pipe.generate(PROMPT, height=size, width=size, num_inference_steps=args.steps, seed=0)
+        return np.asarray(res.image).astype(float)
+
+    def speed(pipe) -> tuple[float, float]:
+        """(one MMDiT forward on one guidance row, s; LLM decode, tokens/s), best of --repeat."""
+        forward, decode = [], []
+        n = args.decode_tokens
         for _ in range(args.repeat):
             with pc.timed(args.device, args.clock) as t:
-                image = pipe.generate(
-                    PROMPT, height=size, width=size, num_inference_steps=args.steps, seed=0
-                ).image
-            timings.append(t["s"])
-        return np.asarray(image).astype(float), min(timings) / args.steps
+                _outputs(pipe, inputs, llm=False)
+            forward.append(t["s"])
+            timings = []
+            for tokens in (1, n):
+                with pc.timed(args.device, args.clock) as t:
+                    pipe(PROMPT, generation_mode="text", max_new_tokens=tokens, min_new_tokens=tokens)
+                timings.append(t["s"])
+            decode.append((n - 1) / max(timings[1] - timings[0], 1e-9))
+        return min(forward), max(decode)
 
     from internvlu.pipeline.quantization import module_nbytes
 
     def qbytes(pipe) -> int:
         return sum(module_nbytes(m) for m in (pipe.vlm, pipe.generation_decoder))
 
-    ref_img, ref_step = t2i(base)
+    ref_img = image(base)
+    ref_forward, ref_decode = speed(base)
     trim_heap()
     table.add(
         args.model,
@@ -257,7 +271,8 @@ def bench_quant(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
         0.0,
         0.0,
         0.0,
-        round(ref_step, 3),
+        round(ref_forward, 3),
+        round(ref_decode, 2),
     )
     del base
     for mode in args.quant_modes:
@@ -266,12 +281,13 @@ def bench_quant(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
         try:
             pipe.quantize(mode)
         except RuntimeError as exc:
-            table.add(args.model, dtype, mode, f"unsupported: {exc}"[:80], "", "", "", "", "")
+            table.add(args.model, dtype, mode, f"unsupported: {exc}"[:80], "", "", "", "", "", "")
             continue
         trim_heap()
         rss = pc.rss_bytes()
         v, h = _outputs(pipe, inputs)
-        img, step = t2i(pipe)
+        img = image(pipe)
+        forward, decode = speed(pipe)
         table.add(
             args.model,
             dtype,
@@ -281,7 +297,8 @@ def bench_quant(args: argparse.Namespace, dtype: str, table: pc.Table) -> None:
             round(_rel(v, ref_v), 4),
             round(_rel(h, ref_h), 4),
             round(float(np.abs(img - ref_img).mean()), 2),
-            round(step, 3),
+            round(forward, 3),
+            round(decode, 2),
         )
         del pipe
 
@@ -362,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[256])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--decode-tokens", type=int, default=16)
     parser.add_argument("--vae-sizes", nargs="+", type=int, default=[512, 1024])
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
@@ -409,7 +427,8 @@ def main(argv: list[str] | None = None) -> None:
                 "velocity rel err",
                 "LLM hidden rel err",
                 "image mean abs diff",
-                "s/step",
+                "MMDiT fwd s",
+                "LLM decode tok/s",
             ],
         ),
         "offload": pc.Table(

@@ -1,7 +1,7 @@
 """Weight-only quantisation of the LLM and the MMDiT blocks through torchao (`pip install internvlu[quant]`).
 
 Only the large matrices are quantised: the `nn.Linear` layers of the LLM (its decoder layers and the
-LM head) and of the MMDiT transformer blocks. The ViT, the projector, the MMDiT's input/output
+LM head, unless it is tied to the token embeddings) and of the MMDiT transformer blocks. The ViT, the projector, the MMDiT's input/output
 projections, the embeddings, the norms and the VAE keep their dtype: they are small and sit at the
 model's interfaces, where rounding errors cost the most. Activations stay in the model dtype
 (weight-only), so the output changes only through the rounded weights.
@@ -58,11 +58,19 @@ def _torchao_config(mode: str) -> Any:
     return tq.Float8WeightOnlyConfig()
 
 
-def _linear_filter(prefixes: Iterable[str]) -> Callable[[nn.Module, str], bool]:
+def _linear_filter(module: nn.Module, prefixes: Iterable[str]) -> Callable[[nn.Module, str], bool]:
+    """Select the nn.Linear layers under `prefixes`, except those whose weight is shared with another
+    module (a tied LM head: quantizing it would keep the full-precision table for the embedding and
+    add an int8 copy, costing memory instead of saving it)."""
     prefixes = tuple(prefixes)
+    uses: dict[int, int] = {}
+    for _, param in module.named_parameters(remove_duplicate=False):
+        uses[id(param)] = uses.get(id(param), 0) + 1
 
-    def keep(module: nn.Module, name: str) -> bool:
-        return isinstance(module, nn.Linear) and name.startswith(prefixes)
+    def keep(layer: nn.Module, name: str) -> bool:
+        return (
+            isinstance(layer, nn.Linear) and name.startswith(prefixes) and uses.get(id(layer.weight), 0) == 1
+        )
 
     return keep
 
@@ -126,7 +134,7 @@ def quantize_modules(
 
     before, after, layers = {}, {}, {}
     for name, module in components.items():
-        keep = _linear_filter(TARGETS[name])
+        keep = _linear_filter(module, TARGETS[name])
         layers[name] = sum(keep(m, n) for n, m in module.named_modules())
         before[name] = module_nbytes(module)
         quantize_(module, config, filter_fn=keep)
