@@ -428,3 +428,12 @@ def test_ui_is_served(server):
     assert raw("GET", server.url + "/ui/app.js")[0] == 200
     status, _, _ = raw("GET", server.url + "/", headers={})
     assert status == 200  # urllib follows the redirect to /ui/
+
+
+def test_app_resolves_lazy_imports_before_serving(server):
+    # anyio >= 4.16 imports lazily on first attribute use; static files would otherwise import
+    # `anyio._core._fileio` on a server thread mid-request (which failed once under pytest, 3.11).
+    import anyio
+
+    resolved = vars(anyio)
+    assert {"open_file", "Path", "to_thread", "create_task_group"} <= set(resolved)

@@ -61,6 +61,7 @@ def create_app(pipeline_or_path: Any, settings: ServerSettings | None = None, *,
     before the app exits (uvicorn first waits for open requests, which are waiting on those jobs).
     """
     settings = settings or ServerSettings()
+    _resolve_lazy_imports()
     if isinstance(pipeline_or_path, (str, Path)):
         from ..pipeline import InternVLUPipeline
 
@@ -311,6 +312,22 @@ def create_app(pipeline_or_path: Any, settings: ServerSettings | None = None, *,
 
 
 # ---------------------------------------------------------------------- response shaping
+def _resolve_lazy_imports() -> None:
+    """Import now every module anyio (>= 4.16) would import lazily on first use.
+
+    Starlette touches `anyio.open_file` and friends inside requests; a first-use import there runs
+    on a server thread. Under pytest (whose anyio plugin marks anyio for assertion rewriting) that
+    import parses source concurrently with other threads, which CPython 3.11 can fail with
+    "AST constructor recursion depth mismatch". Resolving the names once, here, keeps imports off
+    the request path everywhere.
+    """
+    import anyio
+
+    for name in dir(anyio):
+        if not name.startswith("_"):
+            getattr(anyio, name)
+
+
 def _version() -> str:
     from .. import __version__
 
