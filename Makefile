@@ -12,17 +12,22 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Install torch first and on its own: on our CPU machines this pin resolves to the CPU build.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# `demo` needs the package only; `test` adds the [dev] extras (test tools, serving, synthesis).
+$(VENV)/.installed-base: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-base
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-dev
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-demo: install
+demo: $(VENV)/.installed-base
 	$(BIN)/internvlu demo
 
 clean:

@@ -56,6 +56,11 @@ THINK_PROMPT = "Draw the animal that is the national symbol of Australia, standi
 QUESTION = "Describe this image in detail: objects, colours, positions and the background."
 
 
+# Columns shared by the text-to-image and editing tables.
+IMAGE_COLUMNS = ["model", "dtype", "px", "variant", "s/step", "total s", "total s @report-steps", "VLM cond s",
+                 "cpu s", "peak RSS GiB", "peak VRAM GiB"]  # fmt: skip
+
+
 def test_image(size: int = 448, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
@@ -367,35 +372,11 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "t2i": pc.Table(
             f"Text-to-image ({args.steps} steps)",
-            [
-                "model",
-                "dtype",
-                "px",
-                "variant",
-                "s/step",
-                "total s",
-                "total s @report-steps",
-                "VLM cond s",
-                "cpu s",
-                "peak RSS GiB",
-                "peak VRAM GiB",
-            ],
+            list(IMAGE_COLUMNS),
         ),
         "edit": pc.Table(
             f"Editing ({args.steps} steps, one 448 px input)",
-            [
-                "model",
-                "dtype",
-                "px",
-                "variant",
-                "s/step",
-                "total s",
-                "total s @report-steps",
-                "VLM cond s",
-                "cpu s",
-                "peak RSS GiB",
-                "peak VRAM GiB",
-            ],
+            list(IMAGE_COLUMNS),
         ),
         "think": pc.Table(
             f"Think mode end to end ({args.steps} steps)",
