@@ -134,7 +134,7 @@ def create_app(pipeline_or_path: Any, settings: ServerSettings | None = None, *,
 
     async def wait(job: Job) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)),
+            return await asyncio.wait_for(asyncio.shield(_outcome(job)),
                                           timeout=max(job.deadline - time.monotonic(), 0.0))  # fmt: skip
         except (asyncio.TimeoutError, JobCancelled) as exc:
             job.cancel()
@@ -146,7 +146,7 @@ def create_app(pipeline_or_path: Any, settings: ServerSettings | None = None, *,
     async def events(job: Job) -> AsyncIterator[tuple]:
         """Stream events of a job, then ("result", output) or ("error", APIError); cancels it if abandoned."""
         assert job.events is not None
-        done = asyncio.wrap_future(job.future)
+        done = _outcome(job)
         try:
             while True:
                 getter = asyncio.ensure_future(job.events.get())
@@ -312,6 +312,14 @@ def create_app(pipeline_or_path: Any, settings: ServerSettings | None = None, *,
 
 
 # ---------------------------------------------------------------------- response shaping
+def _outcome(job: Job) -> asyncio.Future:
+    """The job's outcome as an asyncio future whose exception counts as retrieved even if nobody awaits it
+    any more (a timed-out or abandoned request), so asyncio logs no "exception was never retrieved"."""
+    fut = asyncio.wrap_future(job.future)
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut
+
+
 def _resolve_lazy_imports() -> None:
     """Import now every module anyio (>= 4.16) would import lazily on first use.
 
