@@ -97,6 +97,18 @@ def test_embedded_arch_token_grids():
     assert arch.dit_vlm_cond_scale == vit_grid / gen_grid
 
 
+def test_embedded_arch_ships_its_shift_and_guidance():
+    import dataclasses
+
+    from internvlu.training.model_factory import decoder_config
+
+    config = decoder_config(embedded_arch())
+    assert config.flow_shift == 1.0
+    assert config.extra["default_image_guidance"] == [3.0, 1.5]
+    with pytest.raises(ValueError, match="default_think_guidance"):
+        decoder_config(dataclasses.replace(embedded_arch(), default_think_guidance=[3.0]))
+
+
 # ------------------------------------------------------------------------------------------------ recipe smoke
 
 

@@ -303,3 +303,26 @@ def test_model_cpu_offload_gives_the_same_images(pipe):
     assert np.array_equal(np.asarray(a), np.asarray(b))
     twin.disable_model_cpu_offload()
     assert twin.device.type == "cpu"
+
+
+def test_checkpoint_sets_default_guidance_and_shift(pipe):
+    # The release's defaults (the reference's fixed values) unless the decoder config names its own.
+    assert pipe.default_guidance(False) == (4.5, 2.0) and pipe.default_guidance(True) == (3.5, 1.5)
+    assert pipe.default_timestep_shift() == 3.0
+    config = pipe.generation_decoder.config
+    kw = {"num_inference_steps": 2, "height": 32, "width": 32}
+    explicit = pipe("a cat", generation_mode="image", all_cfg_scale=2.0, part_cfg_scale=1.0, timestep_shift=1.0,
+                    generator=torch.Generator().manual_seed(0), progress=False, **kw).images[0]  # fmt: skip
+    try:
+        config.extra["default_image_guidance"] = [2.0, 1.0]
+        config.flow_shift = 1.0
+        result = pipe.generate("a cat", seed=0, progress=False, **kw)
+        assert (result.settings["all_cfg_scale"], result.settings["part_cfg_scale"]) == (2.0, 1.0)
+        assert np.array_equal(np.asarray(result.images[0]), np.asarray(explicit))
+        config.extra["default_image_guidance"] = [2.0]
+        with pytest.raises(ValueError, match="default_image_guidance"):
+            pipe.generate("a cat", seed=0, progress=False, **kw)
+    finally:
+        config.extra.pop("default_image_guidance", None)
+        config.flow_shift = 3.0
+    assert pipe.default_guidance(False) == (4.5, 2.0)

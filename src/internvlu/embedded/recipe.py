@@ -155,7 +155,8 @@ def embedded_arch() -> ModelArch:
         llm_hidden=192, llm_layers=4, llm_heads=6, llm_kv_heads=2, llm_head_dim=32, llm_mlp=576,
         dit_layers=4, dit_heads=4, dit_head_dim=32, dit_axes_rope=[8, 12, 12],
         vae_base_dim=8, vae_res_blocks=1, vae_z_dim=8, vae_dim_mult=[1, 2, 2], vae_temperal_downsample=[False, True],
-        dit_vlm_cond_scale=0.5, gen_min_side=64, gen_max_side=64, gen_default_size=64,
+        dit_vlm_cond_scale=0.5, gen_min_side=64, gen_max_side=64, gen_default_size=64, flow_shift=1.0,
+        default_image_guidance=[3.0, 1.5], default_think_guidance=[3.0, 1.5],
     )  # fmt: skip
 
 
@@ -382,7 +383,7 @@ def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: 
             num_workers=1,
             latent_cache=str(out / "latents") if cfg.precompute_latents else None,
         ),
-        loss=LossConfig(ntp_weight=stage.ntp_weight, flow_weight=stage.flow_weight),
+        loss=LossConfig(ntp_weight=stage.ntp_weight, flow_weight=stage.flow_weight, flow_shift=cfg.arch.flow_shift),
         optim=OptimConfig(
             lr=stage.lr,
             weight_decay=stage.weight_decay,

@@ -236,6 +236,19 @@ def checkpoint_size(model: str | os.PathLike[str]) -> tuple[int, int]:
     return int(config.get("gen_image_height", 512)), int(config.get("gen_image_width", 512))
 
 
+def checkpoint_guidance(model: str | os.PathLike[str], think: bool) -> tuple[float, float]:
+    """The guidance the pipeline uses for this checkpoint when a call names none (see
+    `InternVLUPipeline.default_guidance`): the config's `default_{think,image}_guidance` or the release's."""
+    from internvlu.pipeline.pipeline import IMAGE_GUIDANCE, THINK_GUIDANCE
+
+    path = Path(model) / "generation_decoder" / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    value = config.get("default_think_guidance" if think else "default_image_guidance")
+    if value is None:
+        return THINK_GUIDANCE if think else IMAGE_GUIDANCE
+    return float(value[0]), float(value[1])
+
+
 def make_settings(
     bench: Any,
     model: str | os.PathLike[str],
@@ -256,18 +269,16 @@ def make_settings(
 ) -> EvalSettings:
     """Resolved settings for running `bench` with the checkpoint folder `model`.
 
-    Guidance defaults are the pipeline's (4.5 / 2.0; think 3.5 / 1.5), T2I sizes default to the
+    Guidance defaults are the pipeline's for this checkpoint (the release's: 4.5 / 2.0; think 3.5 / 1.5), T2I sizes default to the
     checkpoint's ``gen_image_height/width``, images per prompt to the benchmark's protocol, and the
     provenance (fingerprint, data hashes, library versions) is filled in.
     """
-    from internvlu.pipeline.pipeline import IMAGE_GUIDANCE, THINK_GUIDANCE
-
     fingerprint = model_fingerprint(model)
     if (height is None) != (width is None):
         raise ValueError(f"give both height and width or neither, got {height} x {width}")
     if bench.kind == "t2i" and height is None:
         height, width = checkpoint_size(model)
-    guidance = THINK_GUIDANCE if think else IMAGE_GUIDANCE
+    guidance = checkpoint_guidance(model, think)
     options = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in bench.options.items()

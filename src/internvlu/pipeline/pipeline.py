@@ -547,7 +547,7 @@ class InternVLUPipeline:
             num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
             all_cfg_scale=all_cfg_scale, part_cfg_scale=part_cfg_scale, generator=generator,
         )  # fmt: skip
-        guidance = THINK_GUIDANCE if think else IMAGE_GUIDANCE
+        guidance = self.default_guidance(think)
         return ImageResult(
             images=images_out,
             thoughts=thoughts if think else None,
@@ -629,6 +629,23 @@ class InternVLUPipeline:
         ]
         return ids, texts
 
+    def default_guidance(self, think: bool) -> tuple[float, float]:
+        """(all_cfg_scale, part_cfg_scale) used when a call names none: the release's values (4.5, 2.0; think
+        3.5, 1.5) unless the generation decoder's config sets `default_image_guidance` /
+        `default_think_guidance` (a small model trained at another scale ships its own)."""
+        key = "default_think_guidance" if think else "default_image_guidance"
+        value = self.generation_decoder.config.extra.get(key)
+        if value is None:
+            return THINK_GUIDANCE if think else IMAGE_GUIDANCE
+        if not (isinstance(value, (list, tuple)) and len(value) == 2):
+            raise ValueError(f"generation_decoder config {key} must be [all_cfg_scale, part_cfg_scale], got {value!r}")
+        return float(value[0]), float(value[1])
+
+    def default_timestep_shift(self) -> float:
+        """The flow shift of the sampler's sigmas when a call names none: the checkpoint's `flow_shift` (the
+        release's config says 3.0, the reference's fixed value)."""
+        return float(getattr(self.generation_decoder.config, "flow_shift", TIMESTEP_SHIFT))
+
     def _draw(
         self,
         prompt,
@@ -645,15 +662,17 @@ class InternVLUPipeline:
         all_cfg_scale: float | None = None,
         part_cfg_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        timestep_shift: float = TIMESTEP_SHIFT,
+        timestep_shift: float | None = None,
     ) -> tuple[list[Image.Image], torch.Tensor | None, list[str] | None]:
         """Generate (or edit) images; in think mode write the thought first. Returns (images, ids, thoughts)."""
         _check_positive_int("num_inference_steps", num_inference_steps)
         _check_positive_int("num_images_per_prompt", num_images_per_prompt)
         self._check_size(height, width)
-        default_all, default_part = THINK_GUIDANCE if think else IMAGE_GUIDANCE
+        default_all, default_part = self.default_guidance(think)
         all_cfg = default_all if all_cfg_scale is None else float(all_cfg_scale)
         part_cfg = default_part if part_cfg_scale is None else float(part_cfg_scale)
+        if timestep_shift is None:
+            timestep_shift = self.default_timestep_shift()
         mode = "text_image" if think else "image"
         with self._lock:
             proc = self.processor(

@@ -65,6 +65,14 @@ class ModelArch:
     vae_latents_std: list[float] | None = None
     # Where the ViT token grid lands on the generated token grid (ViT grid / generated grid at the default size).
     dit_vlm_cond_scale: float = 0.25
+    # Flow shift of the sigmas (the release: 3.0, for 512-1024 px). Small images lose their structure at lower
+    # noise levels, so a small model trained at 64 px uses less shift; it goes into the decoder config
+    # (`flow_shift`, the pipeline's default at inference) and the scheduler config.
+    flow_shift: float = 3.0
+    # Guidance (all_cfg_scale, part_cfg_scale) the pipeline uses when a call names none; None: the release's
+    # (4.5, 2.0) and, for think mode, (3.5, 1.5). Written into the decoder config when set.
+    default_image_guidance: list[float] | None = None
+    default_think_guidance: list[float] | None = None
     # Processor: generation-side pixel range of reference images, default output size
     gen_min_side: int = 64
     gen_max_side: int = 96

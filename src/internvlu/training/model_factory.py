@@ -165,10 +165,21 @@ def decoder_config(arch: ModelArch):
         decoder_projector_type="identity", input_hidden_size=joint, output_hidden_size=joint,
         padding_encoder_hidden_states=True, pad_to_fix_length=False, max_sequence_length=768,
         vlm_select_layer=[-1, -2], gen_image_height=arch.gen_default_size, gen_image_width=arch.gen_default_size,
-        video_position_scale_factor=1.0, vlm_cond_position_scale_factor=arch.dit_vlm_cond_scale, flow_shift=3.0,
+        video_position_scale_factor=1.0, vlm_cond_position_scale_factor=arch.dit_vlm_cond_scale, flow_shift=arch.flow_shift,
         vae_downsample_factor=arch.vae_downsample_factor,
-        extra={"architectures": ["InternVLUGenerationDecoder"]},
+        extra={"architectures": ["InternVLUGenerationDecoder"], **_guidance_defaults(arch)},
     )  # fmt: skip
+
+
+def _guidance_defaults(arch: ModelArch) -> dict[str, list[float]]:
+    out = {}
+    for key in ("default_image_guidance", "default_think_guidance"):
+        value = getattr(arch, key)
+        if value is not None:
+            if len(value) != 2:
+                raise ValueError(f"model.arch.{key} must be [all_cfg_scale, part_cfg_scale], got {value!r}")
+            out[key] = [float(v) for v in value]
+    return out
 
 
 def build_vae(arch: ModelArch):
@@ -190,13 +201,13 @@ def build_vae(arch: ModelArch):
     )  # fmt: skip
 
 
-def build_scheduler():
-    """The release's DPM-Solver++ 2M flow scheduler (shift 3)."""
+def build_scheduler(flow_shift: float = 3.0):
+    """The release's DPM-Solver++ 2M flow scheduler (shift 3 unless told otherwise)."""
     from diffusers import DPMSolverMultistepScheduler
 
     from internvlu.presets import RELEASED_SCHEDULER_CONFIG
 
-    return DPMSolverMultistepScheduler(**RELEASED_SCHEDULER_CONFIG)
+    return DPMSolverMultistepScheduler(**{**RELEASED_SCHEDULER_CONFIG, "flow_shift": flow_shift})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,7 +253,7 @@ def build_fresh_pipeline(
         vae = build_vae(arch)
     finally:
         torch.random.set_rng_state(state)
-    return InternVLUPipeline(vlm.float(), decoder.float(), vae.float().eval(), build_scheduler(), processor)
+    return InternVLUPipeline(vlm.float(), decoder.float(), vae.float().eval(), build_scheduler(arch.flow_shift), processor)
 
 
 def build_pipeline(model: ModelConfig, seed: int = 0, device: str | torch.device = "cpu"):
