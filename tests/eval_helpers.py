@@ -1,18 +1,19 @@
-"""Helpers shared by the evaluation tests: the tiny checkpoint, and ``internvlu eval ...`` in-process."""
+"""Helpers shared by the evaluation tests: the embedded model, and ``internvlu eval ...`` in-process."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import internvlu.evaluation.cli as eval_cli
+from internvlu.defaults import EMBEDDED_MODEL_DIR
 
-CKPT = Path(__file__).parent / "data" / "parity" / "tiny-ckpt"
+# The benchmarks run end to end on the model that ships in the package (shapes-tiny).
+CKPT = EMBEDDED_MODEL_DIR
 
 
 def tiny_pipeline() -> Any:
-    """The tiny checkpoint loaded the way ``internvlu eval`` loads a model (CPU, fp32)."""
+    """The embedded model loaded the way ``internvlu eval`` loads a model (CPU, fp32)."""
     return eval_cli.load_pipeline(str(CKPT), "cpu", "float32")
 
 

@@ -87,13 +87,14 @@ def test_settings_record_everything(tmp_path: Path) -> None:
         and data["model_fingerprint"]["weights"] == "full"
     )
     assert data["seed"] == 0 and data["num_images"] == 4 and data["num_inference_steps"] == 1
-    assert (data["all_cfg_scale"], data["part_cfg_scale"], data["think"]) == (4.5, 2.0, False)
+    # The checkpoint's own default guidance (the embedded model ships 3.0 / 1.5; the release 4.5 / 2.0).
+    assert (data["all_cfg_scale"], data["part_cfg_scale"], data["think"]) == (3.0, 1.5, False)
     assert (data["height"], data["width"], data["prompt_rewriting"]) == (32, 32, "none")
     assert {"python", "torch", "transformers", "diffusers", "internvlu"} <= set(data["libraries"])
     assert next(iter(data["data"].values())) == settings.data[str(GenEval(None).metadata_file())]
     assert data["options"]["limit"] == 5
     think = _settings(tmp_path, think=True).to_dict()
-    assert (think["all_cfg_scale"], think["part_cfg_scale"]) == (3.5, 1.5)
+    assert (think["all_cfg_scale"], think["part_cfg_scale"]) == (3.0, 1.5)
     # The fingerprint changes with any byte of the folder.
     copy = tmp_path / "ckpt"
     import shutil

@@ -22,7 +22,6 @@ from internvlu.synthesis.detect import detect_scene
 from internvlu.synthesis.shapes import ShapesConfig
 from internvlu.synthesis.shapes_text import GENEVAL_CATEGORIES
 
-CKPT = Path(__file__).parent / "data" / "parity" / "tiny-ckpt"
 KEYS = ("geneval", "vqa", "edit", "think", "think_off")
 
 
@@ -105,8 +104,8 @@ def test_cli_oracle_json_and_tiny_model(tmp_path: Path, capsys: pytest.CaptureFi
     )
     data = json.loads(out)
     assert set(KEYS) <= set(data) and data["geneval"]["overall"] >= 0.99 and data["model"] == "oracle"
-    # The tiny random checkpoint runs every path (scores are noise, but in [0, 1]).
-    argv = ["eval", "shapes", "--model", str(CKPT), "--num", "1", "--steps", "1", "--max-thought-tokens", "2",
+    # The default model (the embedded one) runs every path; 1 step and 2 tokens: scores in [0, 1].
+    argv = ["eval", "shapes", "--num", "1", "--steps", "1", "--max-thought-tokens", "2",
             "--max-new-tokens", "2",
             "--image-size", "64", "--json", "--out", str(tmp_path / "m"), "--device", "cpu"]  # fmt: skip
     data = json.loads(_run(argv, capsys))

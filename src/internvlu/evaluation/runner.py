@@ -211,8 +211,9 @@ class KeyPngBenchmark(Benchmark):
 
 
 def generated_text(item: EvalItem, result: Generated) -> dict[str, Any]:
-    """PNG text of a generated image (:func:`save_image` `extra`): the prompt, and the thought if any."""
-    return {"prompt": item.prompt, **({"thought": result.thought} if result.thought else {})}
+    """PNG text of a generated image (:func:`save_image` `extra`): the prompt, and the thought in think mode (even
+    an empty one)."""
+    return {"prompt": item.prompt, **({"thought": result.thought} if result.thought is not None else {})}
 
 
 def load_rgb(image: Any) -> Image.Image:
