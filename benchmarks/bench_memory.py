@@ -381,22 +381,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--decode-tokens", type=int, default=16)
     parser.add_argument("--vae-sizes", nargs="+", type=int, default=[512, 1024])
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="times in wall seconds, or in this process's CPU seconds (shared machines; with --threads 1)",
-    )
+    pc.add_timing_arguments(parser)
     parser.add_argument("--out", default=None)
     parser.add_argument("--label", default="")
     parser.add_argument("--loader", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pc.apply_timing_arguments(args)
     if args._child == "load":
         child_load(args)
         return

@@ -245,14 +245,17 @@ def bench_images(pipe, args, dtype: str, table: pc.Table, section: str, folder: 
                 dtype,
                 size,
                 variant,
-                round(run["denoise"] / args.steps, 3),
-                round(run["s"], 2),
-                round(at_steps(run, args), 2),
+                *step_cells(run, args),
                 round(run["condition"], 3),
                 round(run["cpu_s"], 1),
                 pc.gib(run["rss_peak"]),
                 pc.gib(run["vram_peak"]),
             )
+
+
+def step_cells(run: dict[str, Any], args: argparse.Namespace) -> tuple[float, float, float]:
+    """The "s/step", "total s" and "total s @report-steps" cells of a timed image call."""
+    return round(run["denoise"] / args.steps, 3), round(run["s"], 2), round(at_steps(run, args), 2)
 
 
 def at_steps(run: dict[str, Any], args: argparse.Namespace) -> float:
@@ -305,9 +308,7 @@ def bench_compile(pipe, args, dtype: str, table: pc.Table) -> None:
             dtype,
             size,
             name,
-            round(run["denoise"] / args.steps, 3),
-            round(run["s"], 2),
-            round(at_steps(run, args), 2),
+            *step_cells(run, args),
         )
 
 
@@ -337,22 +338,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--compile", action="store_true", help="add the torch.compile section")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="time columns in wall seconds, or in this process's CPU seconds (shared machines; with --threads 1)",
-    )
+    pc.add_timing_arguments(parser)
     parser.add_argument("--out", default=None, help="append the results to this JSON file")
     parser.add_argument("--label", default="", help="a name for this run in the JSON file")
     args = parser.parse_args(argv)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    CLOCK = pc.apply_timing_arguments(args)
     if args.compile and "compile" not in args.sections:
         args.sections.append("compile")
 

@@ -12,6 +12,7 @@ the release's image settings (448 px ViT tiles, 256 tokens per image, 256..1024 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import json
@@ -21,7 +22,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,11 +169,36 @@ def sync(device: str | torch.device) -> None:
         torch.mps.synchronize()
 
 
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads and --clock, shared by the speed and memory benchmarks (apply with `apply_timing_arguments`)."""
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="times in wall seconds, or in this process's CPU seconds (shared machines; with --threads 1)",
+    )
+
+
+def apply_timing_arguments(args: argparse.Namespace) -> Callable[[], float]:
+    """Set torch's CPU threads from --threads; returns the --clock function."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return clock_fn(args.clock)
+
+
+def clock_fn(clock: str) -> Callable[[], float]:
+    """The clock of --clock: wall (time.perf_counter) or this process's CPU time (time.process_time)."""
+    return time.process_time if clock == "cpu" else time.perf_counter
+
+
 @contextlib.contextmanager
 def timed(device: str | torch.device = "cpu", clock: str = "wall") -> Iterator[dict[str, float]]:
     """with timed(device) as t: ...; t["s"] is the wall time (clock="cpu": this process's CPU time), the
     device synchronised at both ends."""
-    now = time.process_time if clock == "cpu" else time.perf_counter
+    now = clock_fn(clock)
     out: dict[str, float] = {}
     sync(device)
     start = now()

@@ -237,16 +237,13 @@ def checkpoint_size(model: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def checkpoint_guidance(model: str | os.PathLike[str], think: bool) -> tuple[float, float]:
-    """The guidance the pipeline uses for this checkpoint when a call names none (see
-    `InternVLUPipeline.default_guidance`): the config's `default_{think,image}_guidance` or the release's."""
-    from internvlu.pipeline.pipeline import IMAGE_GUIDANCE, THINK_GUIDANCE
+    """The guidance the pipeline uses for this checkpoint when a call names none, read from its
+    generation_decoder/config.json (`internvlu.pipeline.pipeline.guidance_from_config`)."""
+    from internvlu.pipeline.pipeline import guidance_from_config
 
     path = Path(model) / "generation_decoder" / "config.json"
     config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    value = config.get("default_think_guidance" if think else "default_image_guidance")
-    if value is None:
-        return THINK_GUIDANCE if think else IMAGE_GUIDANCE
-    return float(value[0]), float(value[1])
+    return guidance_from_config(config, think)
 
 
 def make_settings(

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,22 @@ THINK_GUIDANCE = (3.5, 1.5)
 DEFAULT_STEPS = 20
 DEFAULT_THINK_TOKENS = 200
 DEFAULT_TEXT_TOKENS = 1024
-TIMESTEP_SHIFT = 3.0
 # Generation sizes beyond this multiple of the processor's trained pixel range are refused.
 MAX_AREA_FACTOR = 4
+
+
+def guidance_from_config(config: Mapping[str, Any], think: bool) -> tuple[float, float]:
+    """The default (all_cfg_scale, part_cfg_scale) a generation-decoder config names: its
+    `default_image_guidance` / `default_think_guidance` (a small model trained at another scale ships its
+    own), else the release's (4.5, 2.0; think 3.5, 1.5). `config` is the decoder config's keys (its `extra`
+    or its config.json)."""
+    key = "default_think_guidance" if think else "default_image_guidance"
+    value = config.get(key)
+    if value is None:
+        return THINK_GUIDANCE if think else IMAGE_GUIDANCE
+    if not (isinstance(value, (list, tuple)) and len(value) == 2):
+        raise ValueError(f"generation_decoder config {key} must be [all_cfg_scale, part_cfg_scale], got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 class InternVLUPipeline:
@@ -630,21 +643,13 @@ class InternVLUPipeline:
         return ids, texts
 
     def default_guidance(self, think: bool) -> tuple[float, float]:
-        """(all_cfg_scale, part_cfg_scale) used when a call names none: the release's values (4.5, 2.0; think
-        3.5, 1.5) unless the generation decoder's config sets `default_image_guidance` /
-        `default_think_guidance` (a small model trained at another scale ships its own)."""
-        key = "default_think_guidance" if think else "default_image_guidance"
-        value = self.generation_decoder.config.extra.get(key)
-        if value is None:
-            return THINK_GUIDANCE if think else IMAGE_GUIDANCE
-        if not (isinstance(value, (list, tuple)) and len(value) == 2):
-            raise ValueError(f"generation_decoder config {key} must be [all_cfg_scale, part_cfg_scale], got {value!r}")
-        return float(value[0]), float(value[1])
+        """(all_cfg_scale, part_cfg_scale) used when a call names none (see `guidance_from_config`)."""
+        return guidance_from_config(self.generation_decoder.config.extra, think)
 
     def default_timestep_shift(self) -> float:
         """The flow shift of the sampler's sigmas when a call names none: the checkpoint's `flow_shift` (the
         release's config says 3.0, the reference's fixed value)."""
-        return float(getattr(self.generation_decoder.config, "flow_shift", TIMESTEP_SHIFT))
+        return float(self.generation_decoder.config.flow_shift)
 
     def _draw(
         self,
