@@ -328,6 +328,35 @@ def test_timestep_is_rounded_to_model_dtype(edit_case: GoldenCase) -> None:
     torch.testing.assert_close(at_999, at_1000, rtol=0, atol=0)
 
 
+def test_timestep_scale_multiplies_the_timestep_before_the_sinusoid(edit_case: GoldenCase) -> None:
+    """decoder_config.timestep_scale (1.0 in the release): the model at scale s and timestep t equals the model at
+    scale 1 and timestep s * t, and the embedded model's 0.001 gives a code that varies smoothly with t."""
+    from internvlu.diffusion.transformer import timestep_sinusoid
+
+    config = InternVLUGenerationDecoderConfig.from_json_file(CKPT / "config.json")
+    assert config.decoder_config.timestep_scale == 1.0  # absent from the file: the reference default
+    plain = InternVLUGenerationDecoder(config)
+    plain.load_state_dict(_tiny_state_dict(), strict=True)
+    scaled_config = InternVLUGenerationDecoderConfig.from_json_file(CKPT / "config.json")
+    scaled_config.decoder_config.timestep_scale = 0.001
+    scaled = InternVLUGenerationDecoder(scaled_config)
+    scaled.load_state_dict(_tiny_state_dict(), strict=True)
+    inputs = edit_case.inputs(0)
+    with torch.no_grad():
+        got = scaled.eval()(**{**inputs, "timestep": torch.full((3,), 500.0)})
+        want = plain.eval()(**{**inputs, "timestep": torch.full((3,), 0.5)})
+        other = plain(**{**inputs, "timestep": torch.full((3,), 500.0)})
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert (got - other).abs().max() > 1e-3  # the scale is really applied
+    # Neighbouring integer timesteps: at scale 0.001 most of the 256 channels barely move (the slow half of the
+    # standard DiT code); at scale 1 every channel turns by >= 0.1 rad per step (a code per integer t).
+    t = torch.tensor([500.0, 501.0])
+    smooth = timestep_sinusoid(t * 0.001)
+    rough = timestep_sinusoid(t)
+    assert int(((smooth[0] - smooth[1]).abs() < 0.05).sum()) > 150
+    assert int(((rough[0] - rough[1]).abs() < 0.05).sum()) < 40
+
+
 # ------------------------------------------------------------------------------------------------------------
 # positions and RoPE
 # ------------------------------------------------------------------------------------------------------------

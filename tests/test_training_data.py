@@ -177,6 +177,12 @@ def test_batches_hold_right_padded_rows_pixels_and_generation_items(processor, t
             and -1.0 <= float(item.target.min()) <= float(item.target.max()) <= 1.0
         )
         assert len(item.refs) == (item.num_vit_images if batch.tasks[item.row] != "t2i" else 0)
+    # An NTP-only stage (flow weight 0) builds the same rows but no generation items: no VAE encode, no head.
+    ntp_only = BatchBuilder(processor, data, LossConfig(flow_weight=0.0), seed=0)
+    sampler = MixtureSampler(index.counts(), {"t2i": 1, "edit": 1, "understanding": 1, "think": 1}, seed=0)
+    text_batch = ntp_only.build(sampler.take(12), index)
+    assert text_batch.gen == [] and text_batch.tasks == batch.tasks
+    assert torch.equal(text_batch.input_ids, batch.input_ids) and torch.equal(text_batch.labels, batch.labels)
 
 
 def test_mixture_sampler_is_deterministic_weighted_and_resumable() -> None:

@@ -164,3 +164,43 @@ def test_sharding_dummies_touch_unused_modules_with_zero_gradients(pipe) -> None
     assert all(float(dummy[n].abs().max()) == 0.0 for n in head)  # every process joins the head's reductions
     for name, g in base.items():
         assert torch.allclose(g, dummy[name], atol=1e-6), name
+
+
+def test_embed_std_makes_the_head_conditioning_tell_words_apart() -> None:
+    """ModelArch.llm_embed_std redraws the fresh LLM's token and special-token embeddings; with it the hidden
+    states the head reads at "red" and "blue" in the same prompt differ (the 0.02 default leaves them nearly
+    parallel); ModelArch.dit_timestep_scale reaches the decoder config."""
+    import dataclasses
+
+    from internvlu.pipeline import stages
+
+    def colour_token_cosine(arch) -> float:
+        p = build_fresh_pipeline(arch, seed=0)
+        proc = p.processor
+        states = []
+        for prompt in ("a photo of a red circle", "a photo of a blue circle"):
+            ids = proc.tokenizer(f"<|im_start|>system\nx<|im_end|>\n<|im_start|>user\n{prompt}<img>")["input_ids"]
+            ids_t = torch.tensor([ids])
+            mask = torch.ones_like(ids_t)
+            with torch.no_grad():
+                out = p.vlm.language_model.model(input_ids=ids_t, attention_mask=mask, output_hidden_states=True)
+            hidden = torch.cat([out.hidden_states[-1], out.hidden_states[-2]], dim=-1)
+            spans = stages.conditioning_spans(ids_t, mask, proc.tokenizer.convert_tokens_to_ids("<|im_start|>"),
+                                              proc.tokenizer.convert_tokens_to_ids("<img>"))
+            got, _ = stages.gather_conditioning(hidden, ids_t, mask, spans, -1)
+            states.append(got[0])
+        a, b = states
+        differ = [i for i in range(len(a)) if not torch.equal(a[i], b[i])]
+        first = differ[0]  # the colour word: the first position whose state depends on it
+        return float(torch.nn.functional.cosine_similarity(a[first], b[first], dim=0))
+
+    base = tiny_arch()
+    wide = dataclasses.replace(base, llm_embed_std=0.5, dit_timestep_scale=0.001)
+    p = build_fresh_pipeline(wide, seed=0)
+    emb = p.vlm.language_model.get_input_embeddings().weight
+    assert abs(float(emb.std()) - 0.5) < 0.05
+    assert abs(float(p.vlm.special_token_embedding.weight.std()) - 0.5) < 0.1
+    assert p.generation_decoder.decoder.config.timestep_scale == 0.001
+    assert build_fresh_pipeline(base, seed=0).generation_decoder.decoder.config.timestep_scale == 1.0
+    narrow_cos, wide_cos = colour_token_cosine(base), colour_token_cosine(wide)
+    assert wide_cos < 0.1 and narrow_cos > 0.2

@@ -40,8 +40,8 @@ class InternVLUTransformerConfig(ConfigBase):
     axes_dims_rope: tuple[int, int, int] = (16, 56, 56)  # (frame, height, width) rotary dims; sum = head dim
     video_position_scale_factor: float = 1.0  # RoPE scale of generated/reference latent tokens
     vlm_cond_position_scale_factor: float = 1.0  # RoPE scale of ViT tokens inside the context
-    # Multiplier a pipeline applies to the scheduler timestep before the model (reference default 1.0);
-    # the model itself never reads it. Absent from the released file.
+    # Multiplier applied to the (dtype-rounded) scheduler timestep before the sinusoid (reference default 1.0;
+    # absent from the released file). The embedded model uses 0.001 (see the transformer's forward).
     timestep_scale: float = 1.0
 
     def __post_init__(self) -> None:

@@ -614,8 +614,13 @@ class InternVLUTransformer2DModel(nn.Module):
             cond_latents = [[r.to(dtype) for r in refs] for refs in cond_latents]
         p = self.config.patch_size
         # The reference rounds the integer timestep to the model dtype before the sinusoid (bf16: 999 ->
-        # 1000).
-        temb = self.time_text_embed(timestep.to(dtype), dtype)  # [K, D]
+        # 1000), then multiplies by `timestep_scale` (1.0 in the release). The sinusoid's angle is t * 1000 * f_i,
+        # so at scale 1 even its slowest channel turns ~17 times over t in [0, 1000]: every integer timestep gets
+        # an unrelated code that a large model memorises. A small model learns far faster from the smooth
+        # standard-DiT code, which scale 0.001 gives (angle t * f_i); the embedded model uses it.
+        scale = self.config.timestep_scale
+        t = timestep.to(dtype) if scale == 1.0 else timestep.to(dtype).float() * scale
+        temb = self.time_text_embed(t, dtype)  # [K, D]
         packed = self.pack(
             latents,
             encoder_hidden_states,

@@ -355,7 +355,9 @@ class BatchBuilder:
         inputs = [load_uncached(ref) for ref in sample.images[: row.num_images]]
         # Same preprocessing and bf16 rounding as the processor gives the ViT at inference.
         pixels = [round_to_bf16(und.preprocess(img)) for img in inputs]
-        if not row.generation:
+        if not row.generation or self.loss.flow_weight == 0:
+            # No flow loss (an NTP-only stage): the row still trains its text; encoding the target and running
+            # the head would only add zero gradients.
             return row, pixels, None, drop
         assert sample.target is not None
         target_img = load_uncached(sample.target)

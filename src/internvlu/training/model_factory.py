@@ -160,7 +160,8 @@ def decoder_config(arch: ModelArch):
             patch_size=2, in_channels=4 * arch.vae_z_dim, out_channels=arch.vae_z_dim, num_layers=arch.dit_layers,
             attention_head_dim=arch.dit_head_dim, num_attention_heads=arch.dit_heads, joint_attention_dim=joint,
             axes_dims_rope=tuple(arch.dit_axes_rope), video_position_scale_factor=1.0,
-            vlm_cond_position_scale_factor=arch.dit_vlm_cond_scale, extra={"_class_name": "InternVLUTransformer2DModel"},
+            vlm_cond_position_scale_factor=arch.dit_vlm_cond_scale, timestep_scale=arch.dit_timestep_scale,
+            extra={"_class_name": "InternVLUTransformer2DModel"},
         ),
         decoder_projector_type="identity", input_hidden_size=joint, output_hidden_size=joint,
         padding_encoder_hidden_states=True, pad_to_fix_length=False, max_sequence_length=768,
@@ -216,14 +217,18 @@ def build_scheduler(flow_shift: float = 3.0):
 
 
 @torch.no_grad()
-def _init_fresh_weights(vlm, decoder, std: float) -> None:
+def _init_fresh_weights(vlm, decoder, std: float, embed_std: float | None = None) -> None:
     """Training init: HF init for the LLM (done by its constructor), N(0, std) for the ViT's class/position
     tables and the special-token rows (their constructors draw N(0, 1), far larger than the token embeddings),
-    the reference's Xavier init for the MMDiT head."""
+    the reference's Xavier init for the MMDiT head.
+
+    `embed_std` (ModelArch.llm_embed_std) redraws the token and special-token embeddings at that scale."""
     emb = vlm.vision_model.embeddings
     emb.class_embedding.normal_(0.0, std)
     emb.position_embedding.normal_(0.0, std)
-    vlm.special_token_embedding.weight.normal_(0.0, std)
+    vlm.special_token_embedding.weight.normal_(0.0, std if embed_std is None else embed_std)
+    if embed_std is not None:
+        vlm.language_model.get_input_embeddings().weight.normal_(0.0, embed_std)
     decoder.decoder.initialize_weights()
 
 
@@ -249,7 +254,7 @@ def build_fresh_pipeline(
     try:
         vlm = InternVLUChatModel(vlm_config(arch, tokenizer), attn_implementation=attn_implementation)
         decoder = InternVLUGenerationDecoder(decoder_config(arch))
-        _init_fresh_weights(vlm, decoder, std=0.02)
+        _init_fresh_weights(vlm, decoder, std=0.02, embed_std=arch.llm_embed_std)
         vae = build_vae(arch)
     finally:
         torch.random.set_rng_state(state)
