@@ -123,14 +123,14 @@ def _understanding_stage() -> StageSettings:
 
 def _generation_stage() -> StageSettings:
     return StageSettings(
-        steps=4500, max_minutes=50.0, lr=1e-3, batch_size=16,
+        steps=6500, max_minutes=50.0, lr=1e-3, batch_size=16,
         task_weights={"t2i": 4.0, "edit": 3.0, "think": 1.0}, trainable=["generation_decoder"],
     )  # fmt: skip
 
 
 def _unified_stage() -> StageSettings:
     return StageSettings(
-        steps=600, max_minutes=18.0, lr=3e-4, batch_size=16, weight_decay=0.01,
+        steps=800, max_minutes=18.0, lr=3e-4, batch_size=16, weight_decay=0.01,
         task_weights={"t2i": 2.0, "edit": 2.0, "understanding": 2.0, "think": 1.0}, ntp_weight=1.0,
         flow_weight=20.0, trainable=["vlm", "generation_decoder"],
     )  # fmt: skip
