@@ -174,20 +174,18 @@ def test_embed_std_makes_the_head_conditioning_tell_words_apart() -> None:
 
     from internvlu.pipeline import stages
 
-    def colour_token_cosine(arch) -> float:
-        p = build_fresh_pipeline(arch, seed=0)
-        proc = p.processor
+    def colour_token_cosine(p) -> float:
+        ids = p.processor.token_ids()
         states = []
         for prompt in ("a photo of a red circle", "a photo of a blue circle"):
-            ids = proc.tokenizer(f"<|im_start|>system\nx<|im_end|>\n<|im_start|>user\n{prompt}<img>")["input_ids"]
-            ids_t = torch.tensor([ids])
-            mask = torch.ones_like(ids_t)
+            text = f"<|im_start|>system\nx<|im_end|>\n<|im_start|>user\n{prompt}<img>"
+            input_ids = torch.tensor([p.processor.tokenizer(text)["input_ids"]])
+            mask = torch.ones_like(input_ids)
             with torch.no_grad():
-                out = p.vlm.language_model.model(input_ids=ids_t, attention_mask=mask, output_hidden_states=True)
+                out = p.vlm.language_model.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
             hidden = torch.cat([out.hidden_states[-1], out.hidden_states[-2]], dim=-1)
-            spans = stages.conditioning_spans(ids_t, mask, proc.tokenizer.convert_tokens_to_ids("<|im_start|>"),
-                                              proc.tokenizer.convert_tokens_to_ids("<img>"))
-            got, _ = stages.gather_conditioning(hidden, ids_t, mask, spans, -1)
+            spans = stages.conditioning_spans(input_ids, mask, ids["<|im_start|>"], ids["<img>"])
+            got, _ = stages.gather_conditioning(hidden, input_ids, mask, spans, ids["<IMG_CONTEXT>"])
             states.append(got[0])
         a, b = states
         differ = [i for i in range(len(a)) if not torch.equal(a[i], b[i])]
@@ -196,11 +194,11 @@ def test_embed_std_makes_the_head_conditioning_tell_words_apart() -> None:
 
     base = tiny_arch()
     wide = dataclasses.replace(base, llm_embed_std=0.5, dit_timestep_scale=0.001)
-    p = build_fresh_pipeline(wide, seed=0)
-    emb = p.vlm.language_model.get_input_embeddings().weight
+    narrow_pipe, wide_pipe = build_fresh_pipeline(base, seed=0), build_fresh_pipeline(wide, seed=0)
+    emb = wide_pipe.vlm.language_model.get_input_embeddings().weight
     assert abs(float(emb.std()) - 0.5) < 0.05
-    assert abs(float(p.vlm.special_token_embedding.weight.std()) - 0.5) < 0.1
-    assert p.generation_decoder.decoder.config.timestep_scale == 0.001
-    assert build_fresh_pipeline(base, seed=0).generation_decoder.decoder.config.timestep_scale == 1.0
-    narrow_cos, wide_cos = colour_token_cosine(base), colour_token_cosine(wide)
+    assert abs(float(wide_pipe.vlm.special_token_embedding.weight.std()) - 0.5) < 0.1
+    assert wide_pipe.generation_decoder.decoder.config.timestep_scale == 0.001
+    assert narrow_pipe.generation_decoder.decoder.config.timestep_scale == 1.0
+    narrow_cos, wide_cos = colour_token_cosine(narrow_pipe), colour_token_cosine(wide_pipe)
     assert wide_cos < 0.1 and narrow_cos > 0.2

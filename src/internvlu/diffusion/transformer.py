@@ -618,8 +618,7 @@ class InternVLUTransformer2DModel(nn.Module):
         # so at scale 1 even its slowest channel turns ~17 times over t in [0, 1000]: every integer timestep gets
         # an unrelated code that a large model memorises. A small model learns far faster from the smooth
         # standard-DiT code, which scale 0.001 gives (angle t * f_i); the embedded model uses it.
-        scale = self.config.timestep_scale
-        t = timestep.to(dtype) if scale == 1.0 else timestep.to(dtype).float() * scale
+        t = timestep.to(dtype).float() * self.config.timestep_scale  # exact at scale 1: the sinusoid works in fp32
         temb = self.time_text_embed(t, dtype)  # [K, D]
         packed = self.pack(
             latents,
