@@ -73,6 +73,32 @@ def test_vae_arch_factor_and_latent_statistics():
 # ------------------------------------------------------------------------------------------------ recipe config
 
 
+def test_harden_decoder_trains_only_the_decoder():
+    from internvlu.embedded.vae import DecoderNoiseConfig, harden_decoder
+
+    torch.manual_seed(0)
+    vae = build_vae(VAEArch(base_dim=4, z_dim=4)).eval()
+    images = torch.rand(12, 3, 32, 32) * 2 - 1
+    mean, std = latent_statistics(vae, images)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    cfg = DecoderNoiseConfig(steps=3, batch_size=4, eval_every=3, num_val=4, crop_size=16)
+    vae, history = harden_decoder(vae, images, cfg)
+    after = vae.state_dict()
+    for key, value in before.items():
+        same = torch.equal(value, after[key])
+        if key.startswith(("encoder.", "quant_conv.")):
+            assert same, f"{key} changed: the encoder must stay frozen"
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert list(vae.config.latents_std) == std  # the latents the head sees do not move
+    assert [h["step"] for h in history] == [0, 3] and all("psnr_noise_0.3" in h for h in history)
+    assert all(p.requires_grad for p in vae.parameters())  # handed back trainable, as it came
+    with pytest.raises(ValueError, match="crop_size=18"):
+        harden_decoder(vae, images, DecoderNoiseConfig(steps=1, num_val=4, crop_size=18))
+    with pytest.raises(ValueError, match="max_sigma"):
+        harden_decoder(vae, images, DecoderNoiseConfig(steps=1, num_val=4, max_sigma=-1.0))
+
+
 def test_recipe_config_overrides_and_validation():
     cfg = resolve_shapes_config(
         "shapes-tiny", ["seed=3", "generation.steps=10", "world.shapes=[circle,square]"]
@@ -126,13 +152,14 @@ def smoke_run(tmp_path_factory) -> Path:
 
 def test_smoke_recipe_runs_every_step(smoke_run: Path):
     timeline = json.loads((smoke_run / "timeline.json").read_text())
-    expected = {"synth", "tokenizer", "vae", "init", "latents", *ShapesTinyConfig.STAGES, "final-eval"}
+    expected = {"synth", "tokenizer", "vae", "decoder", "init", "latents", *ShapesTinyConfig.STAGES, "final-eval"}
     assert expected <= set(timeline["steps"])
     model = smoke_run / "model"
     card = json.loads((model / "card.json").read_text())
     assert card["recipe"] == "shapes-tiny" and card["seed"] == 0
     assert set(card["scores"]["geneval"]) >= {"overall", "single_object", "colors"}
     assert "vqa" in card["scores"] and card["vae_psnr_db"] is not None
+    assert card["vae_decoder_psnr_db"] is not None and card["vae_decoder_noisy_psnr_db"] is not None
     assert "## Scores" in (model / "README.md").read_text()
     index = json.loads((model / "model_index.json").read_text())
     assert {"vlm", "generation_decoder", "vae", "scheduler", "processor"} <= set(index)

@@ -202,3 +202,34 @@ def test_embed_std_makes_the_head_conditioning_tell_words_apart() -> None:
     assert narrow_pipe.generation_decoder.decoder.config.timestep_scale == 1.0
     narrow_cos, wide_cos = colour_token_cosine(narrow_pipe), colour_token_cosine(wide_pipe)
     assert wide_cos < 0.1 and narrow_cos > 0.2
+
+
+def test_adaln_zero_init_starts_the_head_at_zero_and_keeps_the_vlm() -> None:
+    """ModelArch.dit_init="adaln_zero": the fresh head predicts exactly 0 (every block the identity) and still
+    learns (the zeroed output projection gets gradient first); the Xavier draws happen either way, so the VLM and
+    the head's other weights equal the default init's."""
+    import dataclasses
+
+    base = tiny_arch()
+    zero = dataclasses.replace(base, dit_init="adaln_zero")
+    xav, ada = build_fresh_pipeline(base, seed=0), build_fresh_pipeline(zero, seed=0)
+    for (name, a), b in zip(xav.vlm.state_dict().items(), ada.vlm.state_dict().values()):
+        assert torch.equal(a, b), name
+    head = ada.generation_decoder.decoder
+    assert torch.equal(head.transformer_blocks[0].attn.to_q.weight, xav.generation_decoder.decoder.transformer_blocks[0].attn.to_q.weight)
+    c = head.config.latent_channels
+    p = head.config.patch_size
+    width = ada.generation_decoder.config.input_hidden_size
+    args = (
+        torch.randn(2, c, 2 * p, 2 * p), torch.tensor([300.0, 700.0]), [torch.randn(5, width)] * 2,
+        [torch.zeros(5, dtype=torch.bool)] * 2, torch.tensor([[1, 2 * p, 2 * p]] * 2),
+        [torch.zeros(0, 3, dtype=torch.long)] * 2, None,
+    )  # fmt: skip
+    assert torch.count_nonzero(ada.generation_decoder(*args)) == 0
+    assert torch.count_nonzero(xav.generation_decoder(*args)) > 0
+    opt = torch.optim.SGD(ada.generation_decoder.parameters(), lr=0.1)
+    ada.generation_decoder(*args).sub(1.0).pow(2).mean().backward()
+    opt.step()
+    assert torch.count_nonzero(ada.generation_decoder(*args)) > 0
+    with pytest.raises(ValueError, match="dit_init"):
+        dataclasses.replace(base, dit_init="zeros").validate()

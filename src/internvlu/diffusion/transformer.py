@@ -417,14 +417,25 @@ class InternVLUTransformer2DModel(nn.Module):
         frequencies are a module-level constant, so a model built on the meta device is complete after
         `load_state_dict(..., assign=True)`."""
 
-    def initialize_weights(self) -> None:
-        """Training init of the reference: Xavier-uniform Linear weights, zero biases, unit norm weights."""
+    def initialize_weights(self, adaln_zero: bool = False) -> None:
+        """Training init of the reference: Xavier-uniform Linear weights, zero biases, unit norm weights.
+
+        `adaln_zero`: then zero the blocks' modulation Linears, the output norm's and the output projection (DiT's
+        adaLN-Zero): each block starts as the identity and the head's first prediction is 0. The Xavier draws
+        happen either way, so both inits consume the same random numbers."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+        if adaln_zero:
+            zeroed = [self.norm_out.linear, self.proj_out]
+            for block in self.transformer_blocks:
+                zeroed += [block.img_mod[1], block.txt_mod[1]]
+            for linear in zeroed:
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
 
     # -- inputs ----------------------------------------------------------------------------------------------
 

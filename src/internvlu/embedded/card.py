@@ -19,6 +19,15 @@ FLOORS = {
 }
 
 
+def _decoder_note(card: dict[str, Any]) -> str:
+    if card.get("vae_decoder_psnr_db") is None:
+        return ""
+    return (
+        f" -> decoder fine-tuned on noisy latents ({card['vae_decoder_psnr_db']} dB clean, "
+        f"{card['vae_decoder_noisy_psnr_db']} dB with latent noise 0.3)"
+    )
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -55,6 +64,9 @@ def write_model_card(
             "world": config_to_dict(cfg.world),
         },
         "vae_psnr_db": steps.get("vae", {}).get("psnr"),
+        # After the decoder's noisy-latent fine-tune (None when skipped): clean PSNR and PSNR with latent noise 0.3.
+        "vae_decoder_psnr_db": steps.get("decoder", {}).get("psnr"),
+        "vae_decoder_noisy_psnr_db": steps.get("decoder", {}).get("psnr_noise_0.3"),
         "params": steps.get("init", {}).get("params"),
         "size_mb": folder_size_mb(model_dir),
         "scores": {
@@ -99,7 +111,7 @@ images of coloured circles, squares, triangles, diamonds and stars on plain back
 - Data: {cfg.synth.num_samples} synthetic samples (`internvlu synth shapes`, seed {cfg.seed}), task weights
   understanding:t2i:edit:think = {":".join(str(w) for w in cfg.synth.task_weights)}.
 - Recipe: tokenizer (byte-level BPE, {cfg.tokenizer.vocab_size} merges + special tokens) -> VAE
-  (PSNR {card["vae_psnr_db"]} dB on held-out images) -> understanding pre-training (NTP) -> generation head (MLLM
+  (PSNR {card["vae_psnr_db"]} dB on held-out images){_decoder_note(card)} -> understanding pre-training (NTP) -> generation head (MLLM
   frozen, flow matching) -> unified stage (everything, NTP:flow {cfg.unified.ntp_weight:g}:{cfg.unified.flow_weight:g}).
 - Seed: {cfg.seed}. Training time: {card["training_minutes"]:.1f} min on {cfg.num_threads} CPU threads
   (including synthesis and the final evaluation). Size: {card["size_mb"]} MB ({cfg.export_dtype}).

@@ -6,6 +6,8 @@ Steps (each writes into `output_dir`, and each is skipped when its output alread
 2. `tokenizer/`: byte-level BPE trained with `tokenizers` on the text of fresh shapes samples plus every chat-template
    string and special token (internvlu.embedded.tokenizer).
 3. `vae/`: the small Qwen-Image VAE trained on shapes images (internvlu.embedded.vae); its PSNR goes to the card.
+   `vae_decoder/`: the same VAE with its decoder fine-tuned to decode noisy latents to clean images (the encoder,
+   hence every latent, is unchanged); the model uses this one.
 4. `init/`: a fresh InternVL-U of `arch` (InternViT, Qwen3, MMDiT head) with the trained VAE, official layout.
 5. `latents/`: VAE latents of every target / reference image, computed once.
 6. The paper's stages, scaled down (each a `Trainer` run continuing from the previous export):
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from internvlu.embedded.vae import VAEArch, VAETrainConfig, single_frame_convs_everywhere
+from internvlu.embedded.vae import DecoderNoiseConfig, VAEArch, VAETrainConfig, single_frame_convs_everywhere
 from internvlu.training.config import ModelArch
 
 logger = logging.getLogger("internvlu.embedded")
@@ -94,6 +96,10 @@ class VAESettings:
     )
     num_images: int = 4000
     pretrained: str | None = None  # a VAE folder to reuse (save_pretrained layout) instead of training one
+    # The `decoder` step: decoder-only fine-tune on noisy latents (steps=0 skips it). Measured (session 5): 2000
+    # steps (~2.5 min) take the PSNR of decoding latents + noise of 0.3 std from specks to clean shapes, for 2 dB
+    # of clean PSNR (32.1 -> 29.9).
+    decoder: DecoderNoiseConfig = dataclasses.field(default_factory=DecoderNoiseConfig)
 
 
 @dataclasses.dataclass
@@ -157,7 +163,7 @@ def embedded_arch() -> ModelArch:
         llm_hidden=192, llm_layers=4, llm_heads=6, llm_kv_heads=2, llm_head_dim=32, llm_mlp=576, llm_embed_std=0.5,
         dit_layers=4, dit_heads=4, dit_head_dim=32, dit_axes_rope=[8, 12, 12],
         vae_base_dim=8, vae_res_blocks=1, vae_z_dim=8, vae_dim_mult=[1, 2, 2], vae_temperal_downsample=[False, True],
-        dit_vlm_cond_scale=0.5, dit_timestep_scale=0.001, gen_min_side=64, gen_max_side=64, gen_default_size=64, flow_shift=1.0,
+        dit_vlm_cond_scale=0.5, dit_timestep_scale=0.001, dit_init="adaln_zero", gen_min_side=64, gen_max_side=64, gen_default_size=64, flow_shift=1.0,
         default_image_guidance=[3.0, 1.5], default_think_guidance=[3.0, 1.5],
     )  # fmt: skip
 
@@ -210,7 +216,8 @@ class ShapesTinyConfig:
                 f"world.image_size={self.world.image_size} must be a multiple of {2 * self.arch.vae_downsample_factor}"
             )
         self.world.shapes_config().validate()
-        known = ("synth", "tokenizer", "vae", "init", "latents", *self.STAGES)
+        self.vae.decoder.validate()
+        known = ("synth", "tokenizer", "vae", "decoder", "init", "latents", *self.STAGES)
         if self.stop_after is not None and self.stop_after not in known:
             raise ValueError(f"stop_after={self.stop_after!r}; known steps: {known}")
         return self
@@ -230,6 +237,7 @@ def shapes_tiny_smoke_config() -> ShapesTinyConfig:
         arch=VAEArch(base_dim=4, z_dim=4),
         train=VAETrainConfig(steps=2, batch_size=4, eval_every=2, num_val=4),
         num_images=24,
+        decoder=DecoderNoiseConfig(steps=2, batch_size=4, eval_every=2, num_val=4),
     )
     cfg.arch = embedded_arch()
     cfg.arch.vae_base_dim, cfg.arch.vae_z_dim = 4, 4
@@ -498,10 +506,32 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
             "params": sum(p.numel() for p in model.parameters()),
         }
 
+    def decoder() -> dict[str, Any]:
+        from diffusers import AutoencoderKLQwenImage
+
+        from internvlu.embedded.vae import harden_decoder
+
+        if cfg.vae.decoder.steps == 0:
+            return {"skipped": "vae.decoder.steps=0: the model uses vae/ as trained"}
+        model = AutoencoderKLQwenImage.from_pretrained(str(out / "vae")).float().eval()
+        model, history = harden_decoder(
+            model, _vae_images(cfg), cfg.vae.decoder, log=lambda e: say(f"decoder: {e}")
+        )
+        model.save_pretrained(str(out / "vae_decoder"))
+        (out / "vae_decoder" / "history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+        first, last = history[0], history[-1]
+        return {
+            "steps": last["step"],
+            "psnr": last["psnr"],
+            "psnr_noise_0.3": last["psnr_noise_0.3"],
+            "psnr_before": first["psnr"],
+            "psnr_noise_0.3_before": first["psnr_noise_0.3"],
+        }
+
     def init() -> dict[str, Any]:
         from diffusers import AutoencoderKLQwenImage
 
-        trained = AutoencoderKLQwenImage.from_pretrained(str(out / "vae"))
+        trained = AutoencoderKLQwenImage.from_pretrained(str(out / ("vae_decoder" if cfg.vae.decoder.steps else "vae")))
         arch = dataclasses.replace(
             cfg.arch,
             vae_latents_mean=list(trained.config.latents_mean),
@@ -532,6 +562,7 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
         ("synth", synth),
         ("tokenizer", tokenizer),
         ("vae", vae),
+        ("decoder", decoder),
         ("init", init),
         ("latents", latents),
     ):

@@ -73,6 +73,10 @@ class ModelArch:
     # Multiplier of the head's timestep before its sinusoid (decoder_config.timestep_scale; the release: 1.0).
     # 0.001 gives the smooth standard-DiT timestep code that a small model learns far faster.
     dit_timestep_scale: float = 1.0
+    # Fresh-head init: "xavier" (the reference's training init: every Linear Xavier-uniform) or "adaln_zero"
+    # (DiT's adaLN-Zero: the per-block modulations, the output norm's modulation and the output projection start
+    # at zero, so every block starts as the identity and the head predicts 0). Only affects training from scratch.
+    dit_init: str = "xavier"
     # Flow shift of the sigmas (the release: 3.0, for 512-1024 px). Small images lose their structure at lower
     # noise levels, so a small model trained at 64 px uses less shift; it goes into the decoder config
     # (`flow_shift`, the pipeline's default at inference) and the scheduler config.
@@ -100,6 +104,8 @@ class ModelArch:
             value = getattr(self, name)
             if value is not None and len(value) != self.vae_z_dim:
                 raise ValueError(f"model.arch.{name} has {len(value)} values, vae_z_dim is {self.vae_z_dim}")
+        if self.dit_init not in ("xavier", "adaln_zero"):
+            raise ValueError(f"model.arch.dit_init must be 'xavier' or 'adaln_zero', got {self.dit_init!r}")
         if sum(self.dit_axes_rope) != self.dit_head_dim:
             raise ValueError(
                 f"model.arch.dit_axes_rope {self.dit_axes_rope} must sum to dit_head_dim={self.dit_head_dim}"

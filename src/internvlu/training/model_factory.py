@@ -217,10 +217,12 @@ def build_scheduler(flow_shift: float = 3.0):
 
 
 @torch.no_grad()
-def _init_fresh_weights(vlm, decoder, std: float, embed_std: float | None = None) -> None:
+def _init_fresh_weights(
+    vlm, decoder, std: float, embed_std: float | None = None, dit_init: str = "xavier"
+) -> None:
     """Training init: HF init for the LLM (done by its constructor), N(0, std) for the ViT's class/position
     tables and the special-token rows (their constructors draw N(0, 1), far larger than the token embeddings),
-    the reference's Xavier init for the MMDiT head.
+    the reference's Xavier init for the MMDiT head (or adaLN-Zero, `dit_init`).
 
     `embed_std` (ModelArch.llm_embed_std) redraws the token and special-token embeddings at that scale."""
     emb = vlm.vision_model.embeddings
@@ -229,7 +231,7 @@ def _init_fresh_weights(vlm, decoder, std: float, embed_std: float | None = None
     vlm.special_token_embedding.weight.normal_(0.0, std if embed_std is None else embed_std)
     if embed_std is not None:
         vlm.language_model.get_input_embeddings().weight.normal_(0.0, embed_std)
-    decoder.decoder.initialize_weights()
+    decoder.decoder.initialize_weights(adaln_zero=dit_init == "adaln_zero")
 
 
 def build_fresh_pipeline(
@@ -254,7 +256,7 @@ def build_fresh_pipeline(
     try:
         vlm = InternVLUChatModel(vlm_config(arch, tokenizer), attn_implementation=attn_implementation)
         decoder = InternVLUGenerationDecoder(decoder_config(arch))
-        _init_fresh_weights(vlm, decoder, std=0.02, embed_std=arch.llm_embed_std)
+        _init_fresh_weights(vlm, decoder, std=0.02, embed_std=arch.llm_embed_std, dit_init=arch.dit_init)
         vae = build_vae(arch)
     finally:
         torch.random.set_rng_state(state)
