@@ -179,13 +179,21 @@ def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def psnr(vae: nn.Module, images: torch.Tensor, batch_size: int = 64) -> float:
-    """Reconstruction PSNR (dB, images in [0, 1]) through the posterior mean, as the pipeline encodes."""
+def psnr(vae: nn.Module, images: torch.Tensor, batch_size: int = 64, noise_sigma: float = 0.0, seed: int = 0) -> float:
+    """Reconstruction PSNR (dB, images in [0, 1]) through the posterior mean, as the pipeline encodes.
+
+    `noise_sigma` > 0 adds Gaussian noise of that many latents_std per channel to the mean before decoding (how
+    well the decoder tolerates a diffusion head's residual error); `seed` fixes that noise."""
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1) if noise_sigma else None
+    gen = torch.Generator().manual_seed(seed)
     mse, n = 0.0, 0
     with torch.no_grad(), single_frame_convs(vae):
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size, :, None]  # [B, 3, 1, H, W]
-            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            z = vae.encode(x).latent_dist.mode()
+            if std is not None:
+                z = z + noise_sigma * std * torch.randn(z.shape, generator=gen)
+            y = vae.decode(z).sample.clamp(-1, 1)
             mse += ((y - x) / 2).pow(2).mean(dim=(1, 2, 3, 4)).sum().item()
             n += len(x)
     return 10 * math.log10(1.0 / max(mse / n, 1e-12))
@@ -308,23 +316,6 @@ def train_vae(
     return vae, history
 
 
-@torch.no_grad()
-def noisy_psnr(vae: nn.Module, images: torch.Tensor, sigma: float, seed: int = 0, batch_size: int = 64) -> float:
-    """PSNR (dB) of decoding the posterior mean plus Gaussian noise of `sigma` latents_std per channel."""
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    gen = torch.Generator().manual_seed(seed)
-    mse, n = 0.0, 0
-    with single_frame_convs(vae):
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size, :, None]  # [B, 3, 1, H, W]
-            mu = vae.encode(x).latent_dist.mode()
-            z = mu + sigma * std * torch.randn(mu.shape, generator=gen)
-            y = vae.decode(z).sample.clamp(-1, 1)
-            mse += ((y - x) / 2).pow(2).mean(dim=(1, 2, 3, 4)).sum().item()
-            n += len(x)
-    return 10 * math.log10(1.0 / max(mse / n, 1e-12))
-
-
 def harden_decoder(
     vae: nn.Module,
     images: torch.Tensor,
@@ -339,7 +330,7 @@ def harden_decoder(
     config.validate()
     if len(images) <= config.num_val:
         raise ValueError(f"need more than num_val={config.num_val} images, got {len(images)}")
-    factor = images.shape[-1] // vae.encode(images[:1, :, None]).latent_dist.mode().shape[-1]
+    factor = 2 ** (len(vae.config.dim_mult) - 1)  # spatial downsampling, as VAEArch.downsample_factor
     if config.crop_size is not None and config.crop_size % factor:
         raise ValueError(f"crop_size={config.crop_size} must be a multiple of the VAE's x{factor} downsampling")
     torch.manual_seed(config.seed)
@@ -359,7 +350,7 @@ def harden_decoder(
         entry = {
             "step": step, "minutes": round((time.perf_counter() - start) / 60, 3),
             "loss": None if loss is None else round(loss, 5),
-            "psnr": round(psnr(vae, val), 3), "psnr_noise_0.3": round(noisy_psnr(vae, val, 0.3), 3),
+            "psnr": round(psnr(vae, val), 3), "psnr_noise_0.3": round(psnr(vae, val, noise_sigma=0.3), 3),
         }  # fmt: skip
         vae.train()
         if log:
