@@ -236,6 +236,47 @@ def test_understanding_answers_match_their_scene_graphs(pool: list[Sample]) -> N
     assert len(checked) >= 8
 
 
+def test_canonical_layout_fixes_every_open_choice() -> None:
+    """t2i_layout="canonical": one image per t2i prompt (fixed background, large objects on fixed slots,
+    default colours for unnamed ones), every target still passes its GenEval rules and the think answers hold."""
+    from internvlu.synthesis.shapes import CANONICAL_SLOTS, DEFAULT_SHAPE_COLORS
+
+    generator = ShapesGenerator(ShapesConfig(t2i_layout="canonical", tasks=("t2i", "think")))
+    rng = np.random.default_rng(5)
+    images: dict[str, bytes] = {}
+    samples = []
+    while len(samples) < 300:
+        try:
+            samples.append(generator.sample(rng, f"c{len(samples)}"))
+        except RejectSample:
+            continue
+    repeats = 0
+    for sample in samples:
+        if sample.images:  # think/edit_knowledge edits a random scene
+            continue
+        scene = sample.meta["target_scene"]
+        assert scene["background"] == "white"
+        pixels = sample.target.load().tobytes()
+        if sample.task == "t2i":
+            ok, why = geneval_check(detect_scene(sample.target.load()), sample.meta["geneval"])
+            assert ok, (sample.prompt, why)
+            repeats += sample.prompt in images
+            assert images.setdefault(sample.prompt, pixels) == pixels, sample.prompt  # same prompt, same image
+            objects = scene["objects"]
+            slots = {(o["cx"] / 64, o["cy"] / 64) for o in objects}
+            if sample.meta["geneval"]["tag"] != "position":
+                assert slots == set(CANONICAL_SLOTS[len(objects)]), sample.prompt
+            assert all(o["size"] == "large" for o in objects)
+            for obj in objects:
+                if obj["color"] not in sample.prompt:
+                    assert obj["color"] == DEFAULT_SHAPE_COLORS[obj["shape"]], sample.prompt
+    assert repeats > 20  # the check above ran on repeated prompts
+    with pytest.raises(ValueError, match="t2i_layout"):
+        ShapesConfig(t2i_layout="grid")
+    with pytest.raises(ValueError, match="default colours"):
+        ShapesConfig(t2i_layout="canonical", colors=("blue", "green"))
+
+
 def test_shapes_config_validation() -> None:
     with pytest.raises(ValueError, match="hexagon"):
         ShapesConfig(shapes=("circle", "hexagon"))

@@ -233,3 +233,20 @@ def test_adaln_zero_init_starts_the_head_at_zero_and_keeps_the_vlm() -> None:
     assert torch.count_nonzero(ada.generation_decoder(*args)) > 0
     with pytest.raises(ValueError, match="dit_init"):
         dataclasses.replace(base, dit_init="zeros").validate()
+
+
+def test_patch_one_head_builds_and_generates() -> None:
+    """ModelArch.dit_patch_size=1: one head token per latent pixel (in_channels = latent channels); the pipeline
+    still generates at the default size, and a bad patch size is a clear config error."""
+    import dataclasses
+
+    arch = dataclasses.replace(tiny_arch(), dit_patch_size=1)
+    pipe = build_fresh_pipeline(arch, seed=0)
+    head = pipe.generation_decoder.decoder
+    assert head.config.patch_size == 1 and head.config.in_channels == arch.vae_z_dim
+    out = pipe.generate(["a photo of a red circle"], num_inference_steps=2, seed=0)
+    side = arch.gen_default_size
+    assert len(out.images) == 1 and out.images[0].size == (side, side)
+    assert len(set(out.images[0].getdata())) > 1  # drawn, not a constant fill
+    with pytest.raises(ValueError, match="dit_patch_size"):
+        dataclasses.replace(tiny_arch(), dit_patch_size=0).validate()

@@ -60,13 +60,17 @@ class WorldSettings:
     # Words are the hardest thing to redraw exactly (an edit must keep them letter for letter): rarer words
     # keep the edit task learnable while the read_word questions and replace_word edits still occur.
     word_prob: float = 0.1
+    # "canonical": t2i and think targets fix what their prompt leaves open (white background, large objects on
+    # fixed slots, a default colour per shape), so each prompt has one right image. Measured (head-only pilot, same
+    # 2.6 min): shape-only prompts drawn right 0.73 vs 0.07 with "random" layouts, named colour+shape 0.25 vs 0.0.
+    t2i_layout: str = "canonical"
 
     def shapes_config(self, tasks: tuple[str, ...] = ALL_TASKS, weights: tuple[float, ...] = ()):
         from internvlu.synthesis.shapes import ShapesConfig
 
         return ShapesConfig(
             image_size=self.image_size, tasks=tasks, task_weights=weights, shapes=tuple(self.shapes),
-            size_fracs=tuple(self.size_fracs), word_prob=self.word_prob,
+            size_fracs=tuple(self.size_fracs), word_prob=self.word_prob, t2i_layout=self.t2i_layout,
         )  # fmt: skip
 
 
@@ -131,7 +135,7 @@ def _understanding_stage() -> StageSettings:
 
 def _generation_stage() -> StageSettings:
     return StageSettings(
-        steps=6500, max_minutes=50.0, lr=1e-3, batch_size=16,
+        steps=6500, max_minutes=50.0, lr=2e-3, batch_size=16,
         task_weights={"t2i": 4.0, "edit": 3.0, "think": 1.0}, trainable=["generation_decoder"],
     )  # fmt: skip
 

@@ -84,6 +84,24 @@ from internvlu.synthesis.shapes_text import (
     with_article,
 )
 
+T2I_LAYOUTS: tuple[str, ...] = ("random", "canonical")
+# Colour of an object whose prompt names none, in the canonical t2i layout (distinct per shape, so a
+# shape-only prompt still has one right image).
+DEFAULT_SHAPE_COLORS: dict[str, str] = {
+    "circle": "red",
+    "square": "blue",
+    "triangle": "green",
+    "diamond": "purple",
+    "star": "yellow",
+}
+# Canonical slots (centre x, y as fractions of the side) for n objects.
+CANONICAL_SLOTS: dict[int, tuple[tuple[float, float], ...]] = {
+    1: ((0.5, 0.5),),
+    2: ((0.25, 0.5), (0.75, 0.5)),
+    3: ((0.25, 0.25), (0.75, 0.25), (0.5, 0.75)),
+    4: ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)),
+}
+
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
@@ -104,6 +122,12 @@ class ShapesConfig(GeneratorConfig):
         understanding_families, t2i_categories, edit_ops, think_kinds: enabled families.
         max_turns: most question/answer turns in one understanding sample.
         prompt_prefix: text before t2i descriptions (GenEval's prompts start with "a photo of ").
+        t2i_layout: "random" (objects anywhere, any background, any size, any colour the prompt leaves open) or
+            "canonical": the images drawn for t2i and think prompts fix every choice the prompt leaves open:
+            background ``backgrounds[0]``, large objects on fixed slots (1: centre; 2: left/right in the order
+            named, or the named relation; 3: two on top, one below; 4: a 2x2 grid) and a default colour per shape
+            (`DEFAULT_SHAPE_COLORS`). A small generator learns one image per prompt far faster than a distribution
+            over layouts. Understanding and edit scenes stay random.
     """
 
     image_size: int = 64
@@ -124,6 +148,7 @@ class ShapesConfig(GeneratorConfig):
     edit_ops: tuple[str, ...] = EDIT_OPS
     think_kinds: tuple[str, ...] = THINK_KINDS
     prompt_prefix: str = "a photo of "
+    t2i_layout: str = "random"
 
     def validate(self) -> None:
         check_min_int("image_size", self.image_size, 32)
@@ -157,6 +182,15 @@ class ShapesConfig(GeneratorConfig):
             raise ValueError(f"word_size_frac must be in [0.15, 0.4], got {self.word_size_frac}")
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        if self.t2i_layout not in T2I_LAYOUTS:
+            raise ValueError(f"t2i_layout must be one of {T2I_LAYOUTS}, got {self.t2i_layout!r}")
+        if self.t2i_layout == "canonical":
+            missing = [s for s in self.shapes if DEFAULT_SHAPE_COLORS[s] not in self.colors]
+            if missing:
+                raise ValueError(
+                    f"t2i_layout='canonical' draws {missing} in their default colours "
+                    f"{[DEFAULT_SHAPE_COLORS[s] for s in missing]}, which colors={self.colors!r} leaves out"
+                )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,6 +259,32 @@ class ShapesGenerator(Generator):
 
     def _new_scene(self, rng: np.random.Generator) -> Scene:
         return Scene(self.size, pick(rng, self.cfg.backgrounds))
+
+    @property
+    def canonical(self) -> bool:
+        return self.cfg.t2i_layout == "canonical"
+
+    def _target_scene(self, rng: np.random.Generator) -> Scene:
+        """The (empty) scene of a t2i / think target: a fixed background in the canonical layout."""
+        return Scene(self.size, self.cfg.backgrounds[0]) if self.canonical else self._new_scene(rng)
+
+    def _open_color(self, rng: np.random.Generator, shape: str) -> str:
+        """Colour of an object whose prompt names none."""
+        return DEFAULT_SHAPE_COLORS[shape] if self.canonical else pick(rng, self.cfg.colors)
+
+    def _put_slots(
+        self, scene: Scene, objects: Sequence[tuple[str, str]], slots: Sequence[tuple[float, float]]
+    ) -> None:
+        """Canonical layout: large (shape, colour) objects centred on `slots` (fractions of the side)."""
+        r = self.radius[SIZE_NAMES[-1]]
+        for (shape, color), (fx, fy) in zip(objects, slots, strict=True):
+            obj = SceneObject(shape, color, SIZE_NAMES[-1], snap(fx * self.size), snap(fy * self.size), r)
+            if not box_fits(obj.box, scene_boxes(scene), self.size):
+                raise ValueError(
+                    f"canonical slot {(fx, fy)} has no room for a large {shape} (half-extent {r:.1f}px) in a "
+                    f"{self.size}px image; lower size_fracs[2]"
+                )
+            scene.objects.append(obj)
 
     def _place(
         self,
@@ -426,7 +486,7 @@ class ShapesGenerator(Generator):
 
     def _t2i(self, rng: np.random.Generator, sid: str) -> Sample:
         category = pick(rng, self.cfg.t2i_categories)
-        scene = self._new_scene(rng)
+        scene = self._target_scene(rng)
         desc, geneval = getattr(self, f"_t2i_{category}")(rng, scene)
         prompt = self.cfg.prompt_prefix + desc
         target = self._image("target", scene)  # rendering measures bbox/centroid/area for the scene graph
@@ -440,13 +500,19 @@ class ShapesGenerator(Generator):
 
     def _t2i_single_object(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         ((shape, color),) = self._pairs(rng, 1)
-        self._place(rng, scene, shape, color)
+        if self.canonical:
+            self._put_slots(scene, [(shape, self._open_color(rng, shape))], CANONICAL_SLOTS[1])
+        else:
+            self._place(rng, scene, shape, color)
         return with_article(shape), {"include": [{"class": shape, "count": 1}]}
 
     def _t2i_two_object(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         s1, s2 = pick_distinct(rng, self.cfg.shapes, 2)
-        for shape in (s1, s2):
-            self._place(rng, scene, shape, pick(rng, self.cfg.colors))
+        if self.canonical:
+            self._put_slots(scene, [(s, self._open_color(rng, s)) for s in (s1, s2)], CANONICAL_SLOTS[2])
+        else:
+            for shape in (s1, s2):
+                self._place(rng, scene, shape, pick(rng, self.cfg.colors))
         return f"{with_article(s1)} and {with_article(s2)}", {
             "include": [{"class": s1, "count": 1}, {"class": s2, "count": 1}]
         }
@@ -454,8 +520,11 @@ class ShapesGenerator(Generator):
     def _t2i_counting(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         shape = pick(rng, self.cfg.shapes)
         n = int(rng.integers(2, self.cfg.max_objects + 1)) if self.cfg.max_objects >= 2 else 1
-        for _, color in self._pairs(rng, n, shapes=[shape]):
-            self._place(rng, scene, shape, color)
+        if self.canonical:
+            self._put_slots(scene, [(shape, self._open_color(rng, shape))] * n, CANONICAL_SLOTS[n])
+        else:
+            for _, color in self._pairs(rng, n, shapes=[shape]):
+                self._place(rng, scene, shape, color)
         return count_phrase(n, shape), {
             "include": [{"class": shape, "count": n}],
             "exclude": [{"class": shape, "count": n + 1}],
@@ -463,13 +532,23 @@ class ShapesGenerator(Generator):
 
     def _t2i_colors(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         ((shape, color),) = self._pairs(rng, 1)
-        self._place(rng, scene, shape, color)
+        if self.canonical:
+            self._put_slots(scene, [(shape, color)], CANONICAL_SLOTS[1])
+        else:
+            self._place(rng, scene, shape, color)
         return with_article(f"{color} {shape}"), {"include": [{"class": shape, "count": 1, "color": color}]}
 
     def _t2i_position(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         s1, s2 = pick_distinct(rng, self.cfg.shapes, 2)
         rel = pick(rng, tuple(RELATION_TEXT))
         c1, c2 = pick(rng, self.cfg.colors), pick(rng, self.cfg.colors)
+        desc = f"{with_article(s1)} {rel} {with_article(s2)}"
+        geneval = {"include": [{"class": s2, "count": 1}, {"class": s1, "count": 1, "position": [rel, 0]}]}
+        if self.canonical:  # s1 on the slot that makes "s1 rel s2" true, s2 (placed first) on the other
+            near, far = ((0.5, 0.25), (0.5, 0.75)) if rel in ("above", "below") else CANONICAL_SLOTS[2]
+            a, b = (near, far) if rel in ("left of", "above") else (far, near)
+            self._put_slots(scene, [(s2, self._open_color(rng, s2)), (s1, self._open_color(rng, s1))], [b, a])
+            return desc, geneval
         for _ in range(self._TRIES // 10):  # a badly placed reference leaves no room: start over
             scene.objects.clear()
             ref = self._place(rng, scene, s2, c2)
@@ -482,9 +561,7 @@ class ShapesGenerator(Generator):
                 continue
         else:
             raise RejectSample("layout_failed")
-        return f"{with_article(s1)} {rel} {with_article(s2)}", {
-            "include": [{"class": s2, "count": 1}, {"class": s1, "count": 1, "position": [rel, 0]}]
-        }
+        return desc, geneval
 
     def _clearly(self, a: SceneObject, b: SceneObject, rel: str) -> bool:
         """`a rel b` along its axis by >= 25% of the side, and the other axis offset at most half of that."""
@@ -495,8 +572,11 @@ class ShapesGenerator(Generator):
     def _t2i_color_attr(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         s1, s2 = pick_distinct(rng, self.cfg.shapes, 2)
         c1, c2 = pick_distinct(rng, self.cfg.colors, 2)
-        self._place(rng, scene, s1, c1)
-        self._place(rng, scene, s2, c2)
+        if self.canonical:
+            self._put_slots(scene, [(s1, c1), (s2, c2)], CANONICAL_SLOTS[2])
+        else:
+            self._place(rng, scene, s1, c1)
+            self._place(rng, scene, s2, c2)
         return f"{with_article(f'{c1} {s1}')} and {with_article(f'{c2} {s2}')}", {
             "include": [{"class": s1, "count": 1, "color": c1}, {"class": s2, "count": 1, "color": c2}]
         }
@@ -627,7 +707,7 @@ class ShapesGenerator(Generator):
         kind = pick(rng, self.cfg.think_kinds)
         if kind == "edit_knowledge":
             return self._think_edit(rng, sid)
-        scene = self._new_scene(rng)
+        scene = self._target_scene(rng)
         prompt, thought, reasoning = getattr(self, f"_think_{kind}")(rng, scene)
         thought = f"{thought} Plan: {describe_scene(scene)}"
         target = self._image("target", scene)
@@ -647,8 +727,11 @@ class ShapesGenerator(Generator):
         options += [(f"half of {2 * n}", f"{2 * n} / 2"), (f"one more than {n - 1}", f"{n - 1} + 1")]
         words, expression = pick(rng, options)
         shape, color = pick(rng, self.cfg.shapes), pick(rng, self.cfg.colors)
-        for _ in range(n):
-            self._place(rng, scene, shape, color)
+        if self.canonical:
+            self._put_slots(scene, [(shape, color)] * n, CANONICAL_SLOTS[n])
+        else:
+            for _ in range(n):
+                self._place(rng, scene, shape, color)
         prompt = f"Draw as many {color} {plural(shape)} as {words}."
         thought = f"{cap(words)} is {n}, so the image needs {count_phrase(n, f'{color} {shape}')}."
         return prompt, thought, {"expression": expression, "answer": n, "shape": shape, "color": color}
@@ -658,7 +741,10 @@ class ShapesGenerator(Generator):
     ) -> tuple[str, str, dict[str, Any]]:
         thing, shape = pick(rng, self.color_things), pick(rng, self.cfg.shapes)
         color = COLOR_KNOWLEDGE[thing]
-        self._place(rng, scene, shape, color)
+        if self.canonical:
+            self._put_slots(scene, [(shape, color)], CANONICAL_SLOTS[1])
+        else:
+            self._place(rng, scene, shape, color)
         prompt = f"Draw {with_article(shape)} that has the color of {thing}."
         thought = f"{cap(thing)} is {color}, so the {shape} should be {color}."
         return prompt, thought, {"thing": thing, "answer": color, "shape": shape}
@@ -668,7 +754,10 @@ class ShapesGenerator(Generator):
     ) -> tuple[str, str, dict[str, Any]]:
         thing, color = pick(rng, self.shape_things), pick(rng, self.cfg.colors)
         shape = SHAPE_KNOWLEDGE[thing]
-        self._place(rng, scene, shape, color)
+        if self.canonical:
+            self._put_slots(scene, [(shape, color)], CANONICAL_SLOTS[1])
+        else:
+            self._place(rng, scene, shape, color)
         prompt = f"Draw {with_article(color)} shape that looks like {thing}."
         thought = (
             f"{cap(thing)} looks like {with_article(shape)}, so I draw {with_article(f'{color} {shape}')}."
@@ -703,8 +792,9 @@ class ShapesGenerator(Generator):
     def _place_line(
         self, rng: np.random.Generator, scene: Scene, pairs: list[tuple[str, str]], vertical: bool
     ) -> None:
-        """Objects in a row (or column), in the given order, spread over the free length."""
-        sizes = [pick(rng, SIZE_NAMES) for _ in pairs]
+        """Objects in a row (or column), in the given order, spread over the free length. Canonical layout: small
+        objects, equal gaps, on the centre line."""
+        sizes = [SIZE_NAMES[0] if self.canonical else pick(rng, SIZE_NAMES) for _ in pairs]
         m, g = margin_px(self.size), gap_px(self.size)
         step = g + 0.5  # half a pixel of spare per gap: centres are floored to the half-pixel grid below
         while sum(2 * self.radius[s] for s in sizes) + 2 * step > self.size - 2 * m - 1:
@@ -716,14 +806,17 @@ class ShapesGenerator(Generator):
         slack = self.size - 2 * m - 1 - sum(2 * r for r in radii) - 2 * step
         if slack < 0:
             raise RejectSample("layout_failed")
-        cuts = np.sort(rng.uniform(0, slack, size=3))  # split the slack into 4 random gaps
-        extra = np.diff(np.concatenate([[0.0], cuts, [slack]]))
+        if self.canonical:
+            extra = np.full(4, slack / 4)
+        else:
+            cuts = np.sort(rng.uniform(0, slack, size=3))  # split the slack into 4 random gaps
+            extra = np.diff(np.concatenate([[0.0], cuts, [slack]]))
         pos = m + 0.5 + extra[0]
         r_max = max(radii)
-        cross = rng.uniform(m + r_max, self.size - m - r_max)
+        cross = self.size / 2 if self.canonical else rng.uniform(m + r_max, self.size - m - r_max)
         for k, ((shape, color), size, r) in enumerate(zip(pairs, sizes, radii)):
             along = pos + r
-            jitter = rng.uniform(-0.5, 0.5) * (r_max - r)  # small objects need not sit exactly on the line
+            jitter = 0.0 if self.canonical else rng.uniform(-0.5, 0.5) * (r_max - r)  # small objects need not sit exactly on the line
             along_px, cross_px = np.floor(along * 2) / 2, snap(cross + jitter)
             cx, cy = (cross_px, along_px) if vertical else (along_px, cross_px)
             obj = SceneObject(shape, color, size, float(cx), float(cy), r)

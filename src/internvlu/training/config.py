@@ -58,6 +58,8 @@ class ModelArch:
     dit_heads: int = 2
     dit_head_dim: int = 32
     dit_axes_rope: list[int] = dataclasses.field(default_factory=lambda: [8, 12, 12])
+    # Latent patch side of the head (the release: 2). 1 gives a small x4-VAE model one token per latent pixel.
+    dit_patch_size: int = 2
     # Qwen-Image-style VAE (random init for fresh models; it stays frozen)
     vae_base_dim: int = 8
     vae_res_blocks: int = 1
@@ -104,6 +106,8 @@ class ModelArch:
             value = getattr(self, name)
             if value is not None and len(value) != self.vae_z_dim:
                 raise ValueError(f"model.arch.{name} has {len(value)} values, vae_z_dim is {self.vae_z_dim}")
+        if not isinstance(self.dit_patch_size, int) or self.dit_patch_size < 1:
+            raise ValueError(f"model.arch.dit_patch_size must be an integer >= 1, got {self.dit_patch_size!r}")
         if self.dit_init not in ("xavier", "adaln_zero"):
             raise ValueError(f"model.arch.dit_init must be 'xavier' or 'adaln_zero', got {self.dit_init!r}")
         if sum(self.dit_axes_rope) != self.dit_head_dim:

@@ -157,7 +157,7 @@ def decoder_config(arch: ModelArch):
     joint = 2 * arch.llm_hidden  # hidden states of layers [-1, -2], concatenated
     return InternVLUGenerationDecoderConfig(
         decoder_config=InternVLUTransformerConfig(
-            patch_size=2, in_channels=4 * arch.vae_z_dim, out_channels=arch.vae_z_dim, num_layers=arch.dit_layers,
+            patch_size=arch.dit_patch_size, in_channels=arch.dit_patch_size**2 * arch.vae_z_dim, out_channels=arch.vae_z_dim, num_layers=arch.dit_layers,
             attention_head_dim=arch.dit_head_dim, num_attention_heads=arch.dit_heads, joint_attention_dim=joint,
             axes_dims_rope=tuple(arch.dit_axes_rope), video_position_scale_factor=1.0,
             vlm_cond_position_scale_factor=arch.dit_vlm_cond_scale, timestep_scale=arch.dit_timestep_scale,
