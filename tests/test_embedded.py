@@ -248,7 +248,8 @@ def test_shipped_model_stays_at_its_measured_quality():
     card = json.loads((SHIPPED / "card.json").read_text())
     world = card["data"]["world"]
     config = ShapesConfig(image_size=world["image_size"], shapes=tuple(world["shapes"]),
-                          size_fracs=tuple(world["size_fracs"]), word_prob=world["word_prob"])  # fmt: skip
+                          size_fracs=tuple(world["size_fracs"]), word_prob=world["word_prob"],
+                          t2i_layout=world.get("t2i_layout", "random"))  # fmt: skip
     pipe = InternVLUPipeline.from_pretrained(str(SHIPPED), dtype=torch.float32, device="cpu")
     scores = evaluate_shapes(pipe, num=SAMPLE_NUM, seed=123, config=config, think_off=False)
     measured = {**card["scores"]["geneval"], **{k: card["scores"][k] for k in ("vqa", "edit", "think")}}
