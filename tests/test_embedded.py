@@ -201,7 +201,7 @@ def test_demo_writes_folder(smoke_run: Path, tmp_path: Path, capsys):
 
 # ------------------------------------------------------------------------------------------------ shipped model
 
-# The shipped model has not reached the floors yet (card.json and docs/embedded.md give its scores), so
+# The shipped model meets the generation and think floors but not vqa or edit (card.json, docs/embedded.md), so
 # this guards what it did reach: a fresh 24-prompt sample must stay within a sampling margin of the card's
 # 200-prompt scores (two standard errors of a 24-sample proportion at p = 0.5 is 0.2; metrics the card puts
 # below the margin are left out, a floor of zero would assert nothing).
