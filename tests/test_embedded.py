@@ -13,6 +13,7 @@ import torch
 from internvlu.defaults import EMBEDDED_MODEL_DIR, embedded_model_path
 from internvlu.embedded.recipe import (
     ShapesTinyConfig,
+    WorldSettings,
     embedded_arch,
     resolve_shapes_config,
     run_shapes_recipe,
@@ -243,13 +244,10 @@ def test_shipped_model_every_mode_runs():
 def test_shipped_model_stays_at_its_measured_quality():
     from internvlu.evaluation.shapes import evaluate_shapes
     from internvlu.pipeline import InternVLUPipeline
-    from internvlu.synthesis.shapes import ShapesConfig
 
     card = json.loads((SHIPPED / "card.json").read_text())
     world = card["data"]["world"]
-    config = ShapesConfig(image_size=world["image_size"], shapes=tuple(world["shapes"]),
-                          size_fracs=tuple(world["size_fracs"]), word_prob=world["word_prob"],
-                          t2i_layout=world.get("t2i_layout", "random"))  # fmt: skip
+    config = WorldSettings(**world).shapes_config()  # the world the model was trained on, as the recipe builds it
     pipe = InternVLUPipeline.from_pretrained(str(SHIPPED), dtype=torch.float32, device="cpu")
     scores = evaluate_shapes(pipe, num=SAMPLE_NUM, seed=123, config=config, think_off=False)
     measured = {**card["scores"]["geneval"], **{k: card["scores"][k] for k in ("vqa", "edit", "think")}}

@@ -286,6 +286,14 @@ class ShapesGenerator(Generator):
                 )
             scene.objects.append(obj)
 
+    def _draw_objects(self, rng: np.random.Generator, scene: Scene, objects: Sequence[tuple[str, str]]) -> None:
+        """Objects whose shape and colour the prompt fixes: on the canonical slots, or each at a random place."""
+        if self.canonical:
+            self._put_slots(scene, objects, CANONICAL_SLOTS[len(objects)])
+        else:
+            for shape, color in objects:
+                self._place(rng, scene, shape, color)
+
     def _place(
         self,
         rng: np.random.Generator,
@@ -532,10 +540,7 @@ class ShapesGenerator(Generator):
 
     def _t2i_colors(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         ((shape, color),) = self._pairs(rng, 1)
-        if self.canonical:
-            self._put_slots(scene, [(shape, color)], CANONICAL_SLOTS[1])
-        else:
-            self._place(rng, scene, shape, color)
+        self._draw_objects(rng, scene, [(shape, color)])
         return with_article(f"{color} {shape}"), {"include": [{"class": shape, "count": 1, "color": color}]}
 
     def _t2i_position(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
@@ -572,11 +577,7 @@ class ShapesGenerator(Generator):
     def _t2i_color_attr(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         s1, s2 = pick_distinct(rng, self.cfg.shapes, 2)
         c1, c2 = pick_distinct(rng, self.cfg.colors, 2)
-        if self.canonical:
-            self._put_slots(scene, [(s1, c1), (s2, c2)], CANONICAL_SLOTS[2])
-        else:
-            self._place(rng, scene, s1, c1)
-            self._place(rng, scene, s2, c2)
+        self._draw_objects(rng, scene, [(s1, c1), (s2, c2)])
         return f"{with_article(f'{c1} {s1}')} and {with_article(f'{c2} {s2}')}", {
             "include": [{"class": s1, "count": 1, "color": c1}, {"class": s2, "count": 1, "color": c2}]
         }
@@ -727,11 +728,7 @@ class ShapesGenerator(Generator):
         options += [(f"half of {2 * n}", f"{2 * n} / 2"), (f"one more than {n - 1}", f"{n - 1} + 1")]
         words, expression = pick(rng, options)
         shape, color = pick(rng, self.cfg.shapes), pick(rng, self.cfg.colors)
-        if self.canonical:
-            self._put_slots(scene, [(shape, color)] * n, CANONICAL_SLOTS[n])
-        else:
-            for _ in range(n):
-                self._place(rng, scene, shape, color)
+        self._draw_objects(rng, scene, [(shape, color)] * n)
         prompt = f"Draw as many {color} {plural(shape)} as {words}."
         thought = f"{cap(words)} is {n}, so the image needs {count_phrase(n, f'{color} {shape}')}."
         return prompt, thought, {"expression": expression, "answer": n, "shape": shape, "color": color}
@@ -741,10 +738,7 @@ class ShapesGenerator(Generator):
     ) -> tuple[str, str, dict[str, Any]]:
         thing, shape = pick(rng, self.color_things), pick(rng, self.cfg.shapes)
         color = COLOR_KNOWLEDGE[thing]
-        if self.canonical:
-            self._put_slots(scene, [(shape, color)], CANONICAL_SLOTS[1])
-        else:
-            self._place(rng, scene, shape, color)
+        self._draw_objects(rng, scene, [(shape, color)])
         prompt = f"Draw {with_article(shape)} that has the color of {thing}."
         thought = f"{cap(thing)} is {color}, so the {shape} should be {color}."
         return prompt, thought, {"thing": thing, "answer": color, "shape": shape}
@@ -754,10 +748,7 @@ class ShapesGenerator(Generator):
     ) -> tuple[str, str, dict[str, Any]]:
         thing, color = pick(rng, self.shape_things), pick(rng, self.cfg.colors)
         shape = SHAPE_KNOWLEDGE[thing]
-        if self.canonical:
-            self._put_slots(scene, [(shape, color)], CANONICAL_SLOTS[1])
-        else:
-            self._place(rng, scene, shape, color)
+        self._draw_objects(rng, scene, [(shape, color)])
         prompt = f"Draw {with_article(color)} shape that looks like {thing}."
         thought = (
             f"{cap(thing)} looks like {with_article(shape)}, so I draw {with_article(f'{color} {shape}')}."
