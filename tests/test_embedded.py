@@ -153,7 +153,17 @@ def smoke_run(tmp_path_factory) -> Path:
 
 def test_smoke_recipe_runs_every_step(smoke_run: Path):
     timeline = json.loads((smoke_run / "timeline.json").read_text())
-    expected = {"synth", "tokenizer", "vae", "decoder", "init", "latents", *ShapesTinyConfig.STAGES, "final-eval"}
+    expected = {
+        "synth",
+        "tokenizer",
+        "vae",
+        "decoder",
+        "init",
+        "vision",
+        "latents",
+        *ShapesTinyConfig.STAGES,
+        "final-eval",
+    }
     assert expected <= set(timeline["steps"])
     model = smoke_run / "model"
     card = json.loads((model / "card.json").read_text())
@@ -161,6 +171,8 @@ def test_smoke_recipe_runs_every_step(smoke_run: Path):
     assert set(card["scores"]["geneval"]) >= {"overall", "single_object", "colors"}
     assert "vqa" in card["scores"] and card["vae_psnr_db"] is not None
     assert card["vae_decoder_psnr_db"] is not None and card["vae_decoder_noisy_psnr_db"] is not None
+    assert card["vit_pretrain"]["step"] == 3 and 0.0 <= card["vit_pretrain"]["shape_acc_objects"] <= 1.0
+    assert (smoke_run / "vision" / "history.json").is_file()  # the understanding stage started from vision/
     assert "## Scores" in (model / "README.md").read_text()
     index = json.loads((model / "model_index.json").read_text())
     assert {"vlm", "generation_decoder", "vae", "scheduler", "processor"} <= set(index)
@@ -247,7 +259,8 @@ def test_shipped_model_stays_at_its_measured_quality():
 
     card = json.loads((SHIPPED / "card.json").read_text())
     world = card["data"]["world"]
-    config = WorldSettings(**world).shapes_config()  # the world the model was trained on, as the recipe builds it
+    # The world the model was trained on, as the recipe builds it.
+    config = WorldSettings(**world).shapes_config()
     pipe = InternVLUPipeline.from_pretrained(str(SHIPPED), dtype=torch.float32, device="cpu")
     scores = evaluate_shapes(pipe, num=SAMPLE_NUM, seed=123, config=config, think_off=False)
     measured = {**card["scores"]["geneval"], **{k: card["scores"][k] for k in ("vqa", "edit", "think")}}
@@ -270,3 +283,49 @@ def test_demo_runs_on_the_default_model(tmp_path: Path, capsys, monkeypatch):
     assert Path(results["model"]).resolve() == SHIPPED.resolve()
     assert results["question"]["answer"] and results["think"]["thought"]
     assert {"chat", "generate", "edit", "think", "total"} <= set(results["seconds"])
+
+
+# ------------------------------------------------------------------------------------------------ ViT pre-training
+
+
+def test_patch_labels_name_the_object_or_word_under_each_patch():
+    from internvlu.embedded.vision import IGNORE, patch_labels
+    from internvlu.synthesis.shapes_scene import COLORS, Scene, SceneObject, SceneWord, render_scene
+
+    scene = Scene(64, "white")
+    # A large square exactly covering patches (1..2, 1..2) of the 8 px grid, and a word on the bottom rows.
+    scene.objects.append(SceneObject("square", "blue", "large", 16.0, 16.0, 8.0))
+    scene.words.append(SceneWord("CAT", "black", 16, 4, 46))
+    render_scene(scene)
+    shapes = ("circle", "square", "triangle", "diamond", "star")
+    shape_cls, color_cls = patch_labels(scene, 8, shapes, 0.25)
+    assert shape_cls.shape == (8, 8)
+    assert (shape_cls[1:3, 1:3] == 2).all() and (color_cls[1:3, 1:3] == 1 + list(COLORS).index("blue")).all()
+    word_rows = shape_cls[5:8]
+    assert (word_rows == len(shapes) + 1).any() and (color_cls[shape_cls == len(shapes) + 1] == IGNORE).all()
+    assert shape_cls[0, 7] == 0 and color_cls[0, 7] == 0  # empty corner
+
+
+def test_pretrain_vision_trains_only_the_vit(smoke_run: Path):
+    from internvlu.embedded.recipe import WorldSettings
+    from internvlu.embedded.vision import VisionPretrainConfig, pretrain_vision
+    from internvlu.pipeline import InternVLUPipeline
+    from internvlu.synthesis.shapes import ShapesGenerator
+
+    pipe = InternVLUPipeline.from_pretrained(str(smoke_run / "init"), dtype=torch.float32, device="cpu")
+    before = {k: v.clone() for k, v in pipe.vlm.state_dict().items()}
+    generator = ShapesGenerator(WorldSettings().shapes_config(("understanding",), (1.0,)))
+    rows = []
+    history = pretrain_vision(
+        pipe,
+        generator,
+        VisionPretrainConfig(steps=4, batch_size=4, pool_size=8, num_val=4, eval_every=2),
+        rows.append,
+    )
+    assert [h["step"] for h in history] == [2, 4] and rows == history
+    assert {"shape_acc_objects", "color_acc_objects", "bg_acc", "val_loss"} <= set(history[-1])
+    after = pipe.vlm.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("vision_model.") for k in changed)
+    with pytest.raises(ValueError, match="min_cover"):
+        VisionPretrainConfig(min_cover=0.0).validate()

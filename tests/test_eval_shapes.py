@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from internvlu.defaults import default_model_path
+from internvlu.embedded.card import card_world
 from internvlu.evaluation.cli import add_eval_parser
 from internvlu.evaluation.shapes import (
     OraclePipeline,
     build_shapes_tasks,
+    check_task,
     evaluate_shapes,
     normalize_answer,
     scene_matches,
@@ -20,6 +26,7 @@ from internvlu.evaluation.shapes import (
 from internvlu.pipeline.outputs import ChatResult, ImageResult
 from internvlu.synthesis.detect import detect_scene
 from internvlu.synthesis.shapes import ShapesConfig
+from internvlu.synthesis.shapes_scene import Scene, box_fits, scene_boxes
 from internvlu.synthesis.shapes_text import GENEVAL_CATEGORIES
 
 KEYS = ("geneval", "vqa", "edit", "think", "think_off")
@@ -107,8 +114,12 @@ def test_cli_oracle_json_and_tiny_model(tmp_path: Path, capsys: pytest.CaptureFi
     # The default model (the embedded one) runs every path; 1 step and 2 tokens: scores in [0, 1].
     argv = ["eval", "shapes", "--num", "1", "--steps", "1", "--max-thought-tokens", "2",
             "--max-new-tokens", "2",
-            "--image-size", "64", "--json", "--out", str(tmp_path / "m"), "--device", "cpu"]  # fmt: skip
+            "--json", "--out", str(tmp_path / "m"), "--device", "cpu"]  # fmt: skip
     data = json.loads(_run(argv, capsys))
+    # Tasks come from the world in the model's card (word_prob, layout), not the generator's defaults.
+    card = json.loads((default_model_path() / "card.json").read_text())["data"]["world"]
+    assert data["world"] == {k: card[k] for k in ("image_size", "word_prob", "t2i_layout")}
+    assert data["world"] != json.loads(out)["world"]  # the oracle without --model: the default world
     assert all(0.0 <= data["geneval"][c] <= 1.0 for c in (*GENEVAL_CATEGORIES, "overall"))
     assert all(0.0 <= data[k] <= 1.0 for k in ("vqa", "edit", "think", "think_off"))
     assert (tmp_path / "m" / "shapes_report.html").is_file() and (
@@ -126,3 +137,51 @@ def test_api_accepts_a_config() -> None:
     assert tasks.t2i["colors"][0].target.size == (96, 96)
     results = evaluate_shapes(OraclePipeline(tasks), 2, 0, config=config)
     assert results["image_size"] == 96 and results["geneval"]["overall"] == 1.0
+
+
+def test_card_world_reads_the_training_world_and_names_a_bad_card(tmp_path: Path) -> None:
+    assert card_world(tmp_path) is None  # no card: the caller falls back to the default world
+    (tmp_path / "card.json").write_text(json.dumps({"data": {"world": {"image_size": 96, "word_prob": 0.2}}}))
+    world = card_world(tmp_path)
+    assert world is not None and (world.image_size, world.word_prob) == (96, 0.2)
+    (tmp_path / "card.json").write_text(json.dumps({"data": {"world": {"image_size": 8}}}))
+    with pytest.raises(ValueError, match=r"card\.json.*image_size"):
+        card_world(tmp_path)
+
+
+def _free_spot(task: Any) -> Any:
+    """The added object of an "add" task moved (and shrunk) to another free place, or None if there is none."""
+    target = Scene.from_dict(task.meta["target_scene"])
+    new = target.objects[task.meta["edit"]["object"]]
+    others = scene_boxes(target, skip=new)
+    for cx in range(8, 57, 2):
+        for cy in range(8, 57, 2):
+            cand = dataclasses.replace(new, cx=float(cx), cy=float(cy), r=new.r * 0.8)
+            if math.dist((cx, cy), (new.cx, new.cy)) > 12 and box_fits(cand.box, others, 64):
+                return cand
+    return None
+
+
+def test_an_added_object_counts_anywhere_but_the_rest_must_stay() -> None:
+    """ "Add a red circle." names no place or size: any one new object of that shape and colour is the asked change."""
+    from internvlu.synthesis.shapes_scene import render_scene
+
+    tasks = build_shapes_tasks(40, 1)
+    add, cand = next((t, c) for t in tasks.edit if t.meta["edit"]["op"] == "add" and (c := _free_spot(t)))
+    config = ShapesConfig()
+    index = add.meta["edit"]["object"]
+    assert check_task(add, add.target, config)
+    # The same object in another free place (and at another size) still satisfies the request ...
+    moved = Scene.from_dict(add.meta["target_scene"])
+    moved.objects[index] = cand
+    image = render_scene(moved)
+    assert check_task(add, image, config)
+    assert not scene_matches(
+        detect_scene(image), add.meta["target_scene"]
+    )  # ... which strict placement fails
+    # Nothing added, or the wrong colour added, fails.
+    assert not check_task(add, add.images[0], config)
+    wrong = moved.copy()
+    color = next(c for c in config.colors if c != cand.color and not wrong.find(cand.shape, c))
+    wrong.objects[index] = dataclasses.replace(cand, color=color)
+    assert not check_task(add, render_scene(wrong), config)

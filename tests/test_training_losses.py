@@ -18,12 +18,16 @@ from internvlu.training.config import DataConfig, LossConfig, ResolutionConfig
 from internvlu.training.dataset import MixtureSampler, TaskIndex
 from internvlu.training.latents import LatentEncoder
 from internvlu.training.losses import (
+    IGNORE_INDEX,
+    edit_region_weights,
     flow_loss_per_sample,
     model_timesteps,
     noisy_latents,
     ntp_loss_sum,
+    ntp_units,
     sample_sigma,
     shift_sigma,
+    supervised_turns,
     velocity_target,
 )
 from internvlu.training.model_factory import build_fresh_pipeline, tiny_arch
@@ -250,3 +254,67 @@ def test_patch_one_head_builds_and_generates() -> None:
     assert len(set(out.images[0].getdata())) > 1  # drawn, not a constant fill
     with pytest.raises(ValueError, match="dit_patch_size"):
         dataclasses.replace(tiny_arch(), dit_patch_size=0).validate()
+
+
+def test_edit_region_weights_favour_the_changed_pixels() -> None:
+    ref = torch.zeros(4, 8, 8)
+    target = ref.clone()
+    target[2, 3, 4] = 1.0  # one changed latent pixel
+    w = edit_region_weights(target, ref, weight=9.0, threshold=0.25)
+    assert w.shape == (8, 8) and w.mean().item() == pytest.approx(1.0)
+    grown = w > w.min()
+    assert grown.sum() == 9 and grown[2:5, 3:6].all()  # the pixel and its 8 neighbours
+    assert w.max() / w.min() == pytest.approx(10.0)
+    assert torch.equal(edit_region_weights(ref, ref, 9.0, 0.25), torch.ones(8, 8))  # nothing changed: uniform
+    # The weighted MSE is the weight-averaged squared error; a None weight map is the plain MSE.
+    pred, tgt = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    tgt[:, :, 3, 4] = 2.0
+    losses = flow_loss_per_sample(pred, tgt, [(8, 8), (8, 8)], [w, None])
+    assert losses[1] == pytest.approx(4 * 4 / (4 * 64))
+    assert losses[0] == pytest.approx(float((4 * w[3, 4] * 4) / (4 * 64)))
+    with pytest.raises(ValueError, match="edit_region_weight"):
+        LossConfig(edit_region_weight=-1.0).validate()
+
+
+def test_trainer_weights_only_edit_samples(pipe) -> None:
+    from internvlu.training.config import TrainConfig
+
+    batch = _micro_batch(pipe, weights={"t2i": 1, "edit": 1})
+    cfg = TrainConfig()
+    cfg.loss.edit_region_weight = 10.0
+    trainer = Trainer.__new__(Trainer)
+    trainer.config, trainer.device, trainer.vit_grid = cfg, torch.device("cpu"), vit_grid_of(pipe.vlm)
+    trainer.latents = LatentEncoder(pipe.vae, torch.device("cpu"))
+    inputs = trainer.prepare_inputs(batch)
+    assert inputs.flow_weights is not None and inputs.cond_latents is not None
+    kinds = [bool(refs) for refs in inputs.cond_latents]
+    assert any(kinds) and not all(kinds)
+    for refs, w in zip(inputs.cond_latents, inputs.flow_weights):
+        assert (w is None) == (len(refs) != 1)
+        if w is not None:
+            assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
+    cfg.loss.edit_region_weight = 0.0
+    assert trainer.prepare_inputs(batch).flow_weights is None
+
+
+def test_turn_reduction_weighs_each_answer_equally() -> None:
+    torch.manual_seed(0)
+    vocab, dim = 11, 8
+    head = torch.nn.Linear(dim, vocab)
+    hidden = torch.randn(2, 9, dim)
+    labels = torch.full((2, 9), IGNORE_INDEX)
+    labels[0, 2:5] = torch.tensor([1, 2, 3])  # row 0: a 3-token turn, then a 1-token turn
+    labels[0, 7] = 4
+    labels[1, 1:8] = torch.arange(7)  # row 1: one 7-token turn starting right after the row start
+    ids, turns = supervised_turns(labels)
+    assert turns == 3 and ids.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2]
+    token_sum, n = ntp_loss_sum(hidden, labels, head)
+    turn_sum, t = ntp_loss_sum(hidden, labels, head, "turn")
+    assert (n, t) == (11, 3) and ntp_units(labels, "token") == 11 and ntp_units(labels, "turn") == 3
+    per = torch.nn.functional.cross_entropy(head(hidden[:, :-1]).flatten(0, 1), labels[:, 1:].flatten(),
+                                            ignore_index=IGNORE_INDEX, reduction="none").view(2, 8)  # fmt: skip
+    expected = per[0, 1:4].mean() + per[0, 6] + per[1, 0:7].mean()
+    assert turn_sum.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert token_sum.item() == pytest.approx(per[labels[:, 1:] != IGNORE_INDEX].sum().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="ntp_reduction"):
+        LossConfig(ntp_reduction="sample").validate()

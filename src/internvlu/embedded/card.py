@@ -19,12 +19,42 @@ FLOORS = {
 }
 
 
+def card_world(model_dir: str | Path) -> Any | None:
+    """The shapes world (a ShapesConfig) a model was trained on, read from its card.json; None without a card."""
+    from internvlu.embedded.recipe import WorldSettings
+
+    path = Path(model_dir) / "card.json"
+    if not path.is_file():
+        return None
+    try:
+        world = json.loads(path.read_text(encoding="utf-8"))["data"]["world"]
+        return WorldSettings(**world).shapes_config()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: data.world is not a valid shapes world ({exc})") from exc
+
+
 def _decoder_note(card: dict[str, Any]) -> str:
     if card.get("vae_decoder_psnr_db") is None:
         return ""
     return (
         f" -> decoder fine-tuned on noisy latents ({card['vae_decoder_psnr_db']} dB clean, "
         f"{card['vae_decoder_noisy_psnr_db']} dB with latent noise 0.3)"
+    )
+
+
+def _vit_pretrain(step: dict[str, Any]) -> dict[str, Any] | None:
+    if "shape_acc_objects" not in step:
+        return None
+    return {k: step[k] for k in ("step", "shape_acc_objects", "color_acc_objects", "bg_acc")}
+
+
+def _vit_note(card: dict[str, Any]) -> str:
+    vit = card.get("vit_pretrain")
+    if not vit:
+        return ""
+    return (
+        f" -> InternViT dense pre-training ({vit['step']} steps; held-out patches: shape "
+        f"{_pct(vit['shape_acc_objects'])}%, colour {_pct(vit['color_acc_objects'])}%)"
     )
 
 
@@ -67,6 +97,8 @@ def write_model_card(
         # After the decoder's noisy-latent fine-tune (None when skipped): clean PSNR and PSNR with latent noise 0.3.
         "vae_decoder_psnr_db": steps.get("decoder", {}).get("psnr"),
         "vae_decoder_noisy_psnr_db": steps.get("decoder", {}).get("psnr_noise_0.3"),
+        # The ViT's dense pre-training (None when skipped): per-patch accuracy on held-out scenes.
+        "vit_pretrain": _vit_pretrain(steps.get("vision", {})),
         "params": steps.get("init", {}).get("params"),
         "size_mb": folder_size_mb(model_dir),
         "scores": {
@@ -111,7 +143,7 @@ images of coloured circles, squares, triangles, diamonds and stars on plain back
 - Data: {cfg.synth.num_samples} synthetic samples (`internvlu synth shapes`, seed {cfg.seed}), task weights
   understanding:t2i:edit:think = {":".join(str(w) for w in cfg.synth.task_weights)}.
 - Recipe: tokenizer (byte-level BPE, {cfg.tokenizer.vocab_size} merges + special tokens) -> VAE
-  (PSNR {card["vae_psnr_db"]} dB on held-out images){_decoder_note(card)} -> understanding pre-training (NTP) -> generation head (MLLM
+  (PSNR {card["vae_psnr_db"]} dB on held-out images){_decoder_note(card)}{_vit_note(card)} -> understanding pre-training (NTP) -> generation head (MLLM
   frozen, flow matching) -> unified stage (everything, NTP:flow {cfg.unified.ntp_weight:g}:{cfg.unified.flow_weight:g}).
 - Seed: {cfg.seed}. Training time: {card["training_minutes"]:.1f} min on {cfg.num_threads} CPU threads
   (including synthesis and the final evaluation). Size: {card["size_mb"]} MB ({cfg.export_dtype}).

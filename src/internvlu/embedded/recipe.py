@@ -9,6 +9,8 @@ Steps (each writes into `output_dir`, and each is skipped when its output alread
    `vae_decoder/` (only with `vae.decoder.steps > 0`): the same VAE with its decoder fine-tuned to decode noisy
    latents to clean images (the encoder, hence every latent, is unchanged); the model then uses this one.
 4. `init/`: a fresh InternVL-U of `arch` (InternViT, Qwen3, MMDiT head) with the trained VAE, official layout.
+   `vision/` (only with `vision.steps > 0`): `init/` with its InternViT pre-trained on dense per-patch labels of
+   fresh scenes (shape, colour, background; internvlu.embedded.vision), the tiny stand-in for a pre-trained InternViT.
 5. `latents/`: VAE latents of every target / reference image, computed once.
 6. The paper's stages, scaled down (each a `Trainer` run continuing from the previous export):
    `understanding` (no pretrained MLLM exists here: NTP on VQA + think text, MLLM trained, head idle),
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 from internvlu.embedded.vae import DecoderNoiseConfig, VAEArch, VAETrainConfig, single_frame_convs_everywhere
+from internvlu.embedded.vision import VisionPretrainConfig
 from internvlu.training.config import ModelArch
 
 logger = logging.getLogger("internvlu.embedded")
@@ -121,7 +124,10 @@ class StageSettings:
     task_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"t2i": 1.0})
     ntp_weight: float = 0.0
     flow_weight: float = 1.0
+    edit_region_weight: float = 0.0  # LossConfig.edit_region_weight: extra flow-loss weight where an edit changes
+    ntp_reduction: str = "token"  # LossConfig.ntp_reduction: average the next-token loss per token or per turn
     trainable: list[str] = dataclasses.field(default_factory=lambda: ["generation_decoder"])
+    frozen: list[str] = dataclasses.field(default_factory=list)  # prefixes inside `trainable` kept fixed
     eval_num: int = 16  # evaluate_shapes prompts per category after the stage (0 = skip)
 
 
@@ -186,6 +192,10 @@ class ShapesTinyConfig:
     tokenizer: TokenizerSettings = dataclasses.field(default_factory=TokenizerSettings)
     vae: VAESettings = dataclasses.field(default_factory=VAESettings)
     arch: ModelArch = dataclasses.field(default_factory=embedded_arch)
+    # The `vision` step (steps=0, the default, skips it). Measured (session 7): 2100 steps (6 min) reach 94.6% shape /
+    # 99.7% colour accuracy on held-out patches, but vqa after the understanding stage was 0.57 vs 0.585 without it:
+    # the language side, not the ViT, limits understanding here, so the shipped recipe leaves it off.
+    vision: VisionPretrainConfig = dataclasses.field(default_factory=lambda: VisionPretrainConfig(steps=0))
     understanding: StageSettings = dataclasses.field(default_factory=_understanding_stage)
     generation: StageSettings = dataclasses.field(default_factory=_generation_stage)
     unified: StageSettings = dataclasses.field(default_factory=_unified_stage)
@@ -223,7 +233,8 @@ class ShapesTinyConfig:
             )
         self.world.shapes_config().validate()
         self.vae.decoder.validate()
-        known = ("synth", "tokenizer", "vae", "decoder", "init", "latents", *self.STAGES)
+        self.vision.validate()
+        known = ("synth", "tokenizer", "vae", "decoder", "init", "vision", "latents", *self.STAGES)
         if self.stop_after is not None and self.stop_after not in known:
             raise ValueError(f"stop_after={self.stop_after!r}; known steps: {known}")
         return self
@@ -245,6 +256,7 @@ def shapes_tiny_smoke_config() -> ShapesTinyConfig:
         num_images=24,
         decoder=DecoderNoiseConfig(steps=2, batch_size=4, eval_every=2, num_val=4),
     )
+    cfg.vision = VisionPretrainConfig(steps=3, batch_size=4, pool_size=8, num_val=4, eval_every=2)
     cfg.arch = embedded_arch()
     cfg.arch.vae_base_dim, cfg.arch.vae_z_dim = 4, 4
     cfg.arch.vit_hidden, cfg.arch.vit_layers, cfg.arch.vit_mlp = 32, 1, 64
@@ -388,7 +400,9 @@ def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: 
         name=f"shapes-tiny/{name}",
         output_dir=str(out / name),
         seed=cfg.seed,
-        model=ModelConfig(init="pretrained", path=str(init), trainable=list(stage.trainable)),
+        model=ModelConfig(
+            init="pretrained", path=str(init), trainable=list(stage.trainable), frozen=list(stage.frozen)
+        ),
         data=DataConfig(
             sources=[str(out / "data")],
             task_weights=dict(stage.task_weights),
@@ -399,7 +413,13 @@ def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: 
             num_workers=1,
             latent_cache=str(out / "latents") if cfg.precompute_latents else None,
         ),
-        loss=LossConfig(ntp_weight=stage.ntp_weight, flow_weight=stage.flow_weight, flow_shift=cfg.arch.flow_shift),
+        loss=LossConfig(
+            ntp_weight=stage.ntp_weight,
+            flow_weight=stage.flow_weight,
+            flow_shift=cfg.arch.flow_shift,
+            edit_region_weight=stage.edit_region_weight,
+            ntp_reduction=stage.ntp_reduction,
+        ),
         optim=OptimConfig(
             lr=stage.lr,
             weight_decay=stage.weight_decay,
@@ -524,7 +544,9 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
             model, _vae_images(cfg), cfg.vae.decoder, log=lambda e: say(f"decoder: {e}")
         )
         model.save_pretrained(str(out / "vae_decoder"))
-        (out / "vae_decoder" / "history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+        (out / "vae_decoder" / "history.json").write_text(
+            json.dumps(history, indent=1) + "\n", encoding="utf-8"
+        )
         first, last = history[0], history[-1]
         return {
             "steps": last["step"],
@@ -537,7 +559,9 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
     def init() -> dict[str, Any]:
         from diffusers import AutoencoderKLQwenImage
 
-        trained = AutoencoderKLQwenImage.from_pretrained(str(out / ("vae_decoder" if cfg.vae.decoder.steps else "vae")))
+        trained = AutoencoderKLQwenImage.from_pretrained(
+            str(out / ("vae_decoder" if cfg.vae.decoder.steps else "vae"))
+        )
         arch = dataclasses.replace(
             cfg.arch,
             vae_latents_mean=list(trained.config.latents_mean),
@@ -556,6 +580,21 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
         }
         return {"params": params}
 
+    def vision() -> dict[str, Any]:
+        from internvlu.embedded.vision import pretrain_vision
+        from internvlu.pipeline import InternVLUPipeline
+        from internvlu.synthesis.shapes import ShapesGenerator
+
+        if cfg.vision.steps == 0:
+            return {"skipped": "vision.steps=0: the understanding stage starts from init/"}
+        pipe = InternVLUPipeline.from_pretrained(str(out / "init"), dtype=torch.float32, device="cpu")
+        generator = ShapesGenerator(cfg.world.shapes_config(("understanding",), (1.0,)))
+        history = pretrain_vision(pipe, generator, cfg.vision, log=lambda e: say(f"vision: {e}"))
+        pipe.save_pretrained(out / "vision")
+        (out / "vision" / "history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+        last = history[-1]
+        return {k: last[k] for k in ("step", "shape_acc_objects", "color_acc_objects", "bg_acc")}
+
     def latents() -> dict[str, Any]:
         if not cfg.precompute_latents:
             return {"skipped": "precompute_latents=false: the stages encode on the fly"}
@@ -570,13 +609,14 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
         ("vae", vae),
         ("decoder", decoder),
         ("init", init),
+        ("vision", vision),
         ("latents", latents),
     ):
         step(name, fn)
         if cfg.stop_after == name:
             return {"stopped_after": name, "timeline": tl.data}
 
-    current = out / "init"
+    current = out / ("vision" if cfg.vision.steps else "init")
     for name in ShapesTinyConfig.STAGES:
         stage: StageSettings = getattr(cfg, name)
         tc = _stage_config(cfg, name, stage, current, out)

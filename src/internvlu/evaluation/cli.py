@@ -150,7 +150,10 @@ def _add_shapes_parser(sub: Any) -> None:
         help="folder for the PNG grid and HTML report",
     )
     p.add_argument(
-        "--image-size", type=int, default=64, help="shapes-world image size the model was trained on"
+        "--image-size",
+        type=int,
+        default=None,
+        help="shapes-world image size (default: the world in the model's card.json, else 64)",
     )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=None)
@@ -340,16 +343,20 @@ def _run_benchmark(args: argparse.Namespace) -> int:
 def _run_shapes(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from internvlu.embedded.card import card_world
     from internvlu.evaluation.report import paper_table
     from internvlu.evaluation.shapes import OraclePipeline, build_shapes_tasks, evaluate_shapes
     from internvlu.synthesis.shapes import ShapesConfig
 
-    config = ShapesConfig(image_size=args.image_size)
+    model = "oracle" if args.oracle and args.model is None else resolve_model(args.model)
+    # The world the model was trained on (its card), so the fresh tasks come from the training distribution.
+    config = (None if model == "oracle" else card_world(model)) or ShapesConfig()
+    if args.image_size is not None:
+        config = dataclasses.replace(config, image_size=args.image_size)  # validates
     if args.oracle:
         pipe: Any = OraclePipeline(build_shapes_tasks(args.num, args.seed, config))
         model = "oracle"
     else:
-        model = resolve_model(args.model)
         device = args.device or default_device()
         pipe = load_pipeline(model, device, args.dtype or ("float32" if device == "cpu" else "bfloat16"))
     say = None if args.json else (lambda msg: print(f"shapes: {msg}", file=sys.stderr))
@@ -359,6 +366,7 @@ def _run_shapes(args: argparse.Namespace) -> int:
         max_thought_tokens=args.max_thought_tokens, max_new_tokens=args.max_new_tokens, think_off=not args.no_think_off, report_dir=args.out, progress=say,
     )  # fmt: skip
     results["model"] = model
+    results["world"] = {k: getattr(config, k) for k in ("image_size", "word_prob", "t2i_layout")}
     if args.json:
         print(json.dumps(results))
     else:

@@ -12,7 +12,8 @@ classification from the component masks, positions from centroids):
   punctuation, number words -> digits).
 * ``edit``: the edited image's detected scene must equal the target scene: same background, every
   target object found with its shape and colour near its target centroid and at its target size (so
-  the asked change happened), no extra object, same words (so the rest of the scene is preserved).
+  the asked change happened), no extra object, same words (so the rest of the scene is preserved). "Add a red
+  circle." names no place or size: the added object counts wherever it is, at any size, if it is the only new one.
 * ``think``: think-mode prompts (arithmetic, colour / shape knowledge, ordering, knowledge-driven
   recolour edits); the image must show what the reasoning requires (the right count of the right
   object, the right colour / shape, the right left-to-right or top-to-bottom order, the right edit).
@@ -161,15 +162,25 @@ def vqa_correct(prediction: str, answer: str) -> bool:
 
 
 def scene_matches(
-    detected: DetectedScene, target: Scene | dict[str, Any], *, check_background: bool = True
+    detected: DetectedScene,
+    target: Scene | dict[str, Any],
+    *,
+    check_background: bool = True,
+    free: int | None = None,
 ) -> bool:
-    """Detected scene equals the target up to model-level tolerances (see the module docstring)."""
+    """Detected scene equals the target up to model-level tolerances (see the module docstring).
+
+    free: index of a target object whose place and size the request left open ("Add a red circle."): it only has
+    to be there once, with its shape and colour, anywhere; every other object keeps its place and size.
+    """
     truth = target if isinstance(target, Scene) else Scene.from_dict(target)
     if check_background and detected.background != truth.background:
         return False
     tol = max(2.0, POSITION_TOL_FRAC * truth.size)
     unmatched = list(detected.objects)
-    for obj in truth.objects:
+    for i, obj in enumerate(truth.objects):
+        if i == free:
+            continue
         candidates = [
             d
             for d in unmatched
@@ -181,7 +192,11 @@ def scene_matches(
         if not candidates:
             return False
         unmatched.remove(min(candidates, key=lambda d: math.dist(d.centroid, obj.centroid)))
-    if unmatched:
+    if free is not None:
+        placed = truth.objects[free]
+        if [(d.shape, d.color) for d in unmatched] != [(placed.shape, placed.color)]:
+            return False
+    elif unmatched:
         return False
     return sorted(str(w.text) for w in detected.words) == sorted(w.text for w in truth.words)
 
@@ -229,7 +244,10 @@ def check_task(task: ShapesTask, output: Image.Image | str, config: ShapesConfig
     if task.kind == "t2i":
         return geneval_check(detected, task.meta["geneval"])[0]
     if task.kind == "edit":
-        return scene_matches(detected, task.meta["target_scene"])
+        edit = task.meta["edit"]
+        return scene_matches(
+            detected, task.meta["target_scene"], free=edit["object"] if edit["op"] == "add" else None
+        )
     return think_correct(detected, task)
 
 

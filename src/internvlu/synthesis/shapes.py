@@ -353,6 +353,16 @@ class ShapesGenerator(Generator):
             high = min(high, 3)
         return int(rng.integers(low, max(low, high) + 1)), with_word
 
+    def random_scene(self, rng: np.random.Generator) -> Scene:
+        """A scene drawn like an understanding sample's image (object count, word, layout); not yet rendered."""
+        while True:
+            n, with_word = self._scene_n(rng)
+            try:
+                scene = self._random_scene(rng, n, with_word)
+            except RejectSample:
+                continue
+            return scene
+
     @staticmethod
     def _image(name: str, scene: Scene) -> ImageRef:
         return ImageRef.from_image(name, render_scene(scene))

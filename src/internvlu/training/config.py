@@ -282,11 +282,29 @@ class LossConfig:
     latent_sampling: Literal["mode", "sample"] = (
         "mode"  # VAE posterior mean (as inference encodes references) or a sample
     )
+    # Edit-region weighting (the release config's `region_weighting` idea): in an edit whose one reference has the
+    # target's latent size, latent pixels where target and reference differ (max |difference| over channels above
+    # `edit_region_threshold`, grown by one pixel) weigh 1 + edit_region_weight in that sample's flow MSE; the
+    # weights are then scaled to mean 1, so the sample keeps its share of the loss. Why: most of an edit is a copy,
+    # and an unweighted loss lets the head learn the copy long before the asked change. 0 turns it off.
+    edit_region_weight: float = 0.0
+    edit_region_threshold: float = 0.25  # in normalised latent units
+    # What L_ntp averages over: every supervised token ("token", the release's convention) or every assistant turn
+    # ("turn": each answer's / thought's mean token loss, then the mean over turns). With "token", long texts
+    # (thoughts, captions) dominate and one-word answers get a few percent of the gradient.
+    ntp_reduction: Literal["token", "turn"] = "token"
 
     def validate(self) -> None:
         if self.ntp_weight < 0 or self.flow_weight < 0 or self.ntp_weight + self.flow_weight == 0:
             raise ValueError(
                 f"loss weights must be >= 0 and not both 0, got {self.ntp_weight}, {self.flow_weight}"
+            )
+        if self.ntp_reduction not in ("token", "turn"):
+            raise ValueError(f"loss.ntp_reduction must be 'token' or 'turn', got {self.ntp_reduction!r}")
+        if self.edit_region_weight < 0 or self.edit_region_threshold <= 0:
+            raise ValueError(
+                f"loss.edit_region_weight must be >= 0 and loss.edit_region_threshold > 0, got "
+                f"{self.edit_region_weight}, {self.edit_region_threshold}"
             )
         if self.logit_std <= 0 or self.flow_shift <= 0:
             raise ValueError(

@@ -54,29 +54,67 @@ def model_timesteps(sigma: Tensor, discrete: bool = True) -> Tensor:
     return torch.floor(t) if discrete else t
 
 
-def flow_loss_per_sample(pred: Tensor, target: Tensor, grids: Sequence[tuple[int, int]]) -> Tensor:
+def flow_loss_per_sample(
+    pred: Tensor, target: Tensor, grids: Sequence[tuple[int, int]], weights: Sequence[Tensor | None] | None = None
+) -> Tensor:
     """Mean squared error over each sample's own latent grid (batch latents are padded to the largest grid).
 
     Args:
         pred, target: [K, C, H, W]; grids: K (h, w) valid latent sizes.
+        weights: optional K per-pixel weight maps [h, w] of mean 1 (None entries: uniform).
     Returns:
-        [K] per-sample MSE in fp32.
+        [K] per-sample (weighted) MSE in fp32.
     """
     losses = []
     for k, (h, w) in enumerate(grids):
-        diff = pred[k, :, :h, :w].float() - target[k, :, :h, :w].float()
-        losses.append(diff.pow(2).mean())
+        sq = (pred[k, :, :h, :w].float() - target[k, :, :h, :w].float()).pow(2)  # [C, h, w]
+        wk = None if weights is None else weights[k]
+        losses.append(sq.mean() if wk is None else (sq * wk.to(sq.device)).mean())
     return torch.stack(losses)
 
 
-def ntp_loss_sum(hidden: Tensor, labels: Tensor, lm_head: torch.nn.Module) -> tuple[Tensor, int]:
+def edit_region_weights(target: Tensor, reference: Tensor, weight: float, threshold: float) -> Tensor:
+    """Per-pixel flow-loss weights [h, w] (mean 1) that favour where an edit changes the latent.
+
+    target, reference: [C, h, w] latents of the edited and the source image (same size).
+    """
+    changed = (target.float() - reference.float()).abs().amax(dim=0) > threshold  # [h, w]
+    grown = F.max_pool2d(changed[None, None].float(), 3, stride=1, padding=1)[0, 0]  # one pixel around
+    w = 1.0 + weight * grown
+    return w / w.mean()
+
+
+def supervised_turns(labels: Tensor) -> tuple[Tensor, int]:
+    """Turn index of every supervised target (row-major order of `labels[:, 1:] != IGNORE_INDEX`) and the count.
+
+    A turn is a maximal run of supervised positions in a row: one assistant answer with its end token, or a think
+    completion (thought, </think>, <img>).
+    """
+    keep = labels[:, 1:] != IGNORE_INDEX  # [R, L-1]
+    starts = keep & ~F.pad(keep[:, :-1], (1, 0), value=False)  # a run starts where the previous position is not kept
+    ids = torch.cumsum(starts.flatten().long(), 0)[keep.flatten()] - 1  # [n]
+    return ids, int(starts.sum())
+
+
+def ntp_units(labels: Tensor, reduction: str) -> int:
+    """What the next-token loss is averaged over: supervised tokens ("token") or turns ("turn")."""
+    if reduction == "token":
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return supervised_turns(labels)[1]
+
+
+def ntp_loss_sum(
+    hidden: Tensor, labels: Tensor, lm_head: torch.nn.Module, reduction: str = "token"
+) -> tuple[Tensor, int]:
     """Summed next-token cross-entropy over supervised positions; logits only where a label exists.
 
     Args:
         hidden: [R, L, D] final (normed) hidden states; labels: [R, L] with IGNORE_INDEX where unsupervised
             (position t's logits predict labels[t + 1]).
+        reduction: "token" sums token losses; "turn" sums each turn's mean token loss, so a one-word answer
+            weighs as much as a 40-token thought.
     Returns:
-        (sum of token losses (fp32 scalar), number of supervised tokens)
+        (summed loss (fp32 scalar), number of units it sums: supervised tokens or turns)
     """
     targets = labels[:, 1:]  # [R, L-1]
     keep = targets != IGNORE_INDEX
@@ -84,4 +122,10 @@ def ntp_loss_sum(hidden: Tensor, labels: Tensor, lm_head: torch.nn.Module) -> tu
     if n == 0:
         return hidden.new_zeros((), dtype=torch.float32), 0
     logits = lm_head(hidden[:, :-1][keep])  # [n, V]
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), n
+    if reduction == "token":
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), n
+    losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # [n]
+    ids, turns = supervised_turns(labels)
+    sums = losses.new_zeros(turns).index_add(0, ids.to(losses.device), losses)
+    counts = torch.bincount(ids, minlength=turns).to(losses)
+    return (sums / counts).sum(), turns

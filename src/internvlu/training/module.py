@@ -36,6 +36,7 @@ class ModelInputs:
     grids: list[tuple[int, int]]  # K latent (h, w)
     image_fhw_cond: list[Tensor]  # K [m_k, 3] ViT grids of the context images
     cond_latents: list[list[Tensor]] | None  # K lists of reference latents [C, h, w]
+    flow_weights: list[Tensor | None] | None = None  # K per-pixel flow-loss weights [h, w] (edit regions) or None
 
 
 @dataclasses.dataclass
@@ -68,6 +69,7 @@ class InternVLUForTraining(nn.Module):
         token_ids: dict,
         vit_grid: int,
         keep_all_modules: bool = False,
+        ntp_reduction: str = "token",
     ) -> None:
         super().__init__()
         self.vlm = vlm
@@ -78,6 +80,7 @@ class InternVLUForTraining(nn.Module):
         self.vit_grid = vit_grid
         self.keep_all_modules = keep_all_modules
         self.compute_ntp = True
+        self.ntp_reduction = ntp_reduction  # "token" | "turn" (LossConfig.ntp_reduction)
 
     def vlm_trains(self) -> bool:
         return any(p.requires_grad for p in self.vlm.parameters())
@@ -106,7 +109,9 @@ class InternVLUForTraining(nn.Module):
             )
             hidden_states = out.hidden_states  # L_llm + 1 tensors [R, L, D]; [-1] is final-norm-ed
             if self.compute_ntp:
-                ntp_sum, ntp_tokens = ntp_loss_sum(hidden_states[-1], inputs.labels, lm.lm_head)
+                ntp_sum, ntp_tokens = ntp_loss_sum(
+                    hidden_states[-1], inputs.labels, lm.lm_head, self.ntp_reduction
+                )
             else:
                 ntp_sum, ntp_tokens = hidden_states[-1].new_zeros((), dtype=torch.float32), 0
             if ntp_tokens == 0 and self.keep_all_modules:
@@ -133,7 +138,7 @@ class InternVLUForTraining(nn.Module):
                 inputs.image_fhw_cond,
                 inputs.cond_latents,
             )  # [K, C, H, W]
-            flow_sum = flow_loss_per_sample(pred, inputs.velocity_target, inputs.grids).sum()
+            flow_sum = flow_loss_per_sample(pred, inputs.velocity_target, inputs.grids, inputs.flow_weights).sum()
         elif self.keep_all_modules:
             aux = aux + 0.0 * self._dummy_head(hidden_states[-1])
         return LossSums(ntp_sum, ntp_tokens, flow_sum, k, aux)

@@ -31,7 +31,13 @@ from internvlu.training.config import TrainConfig
 from internvlu.training.dataset import MixtureSampler, PlannedSample, TaskIndex, load_index
 from internvlu.training.latents import LatentEncoder
 from internvlu.training.lora import apply_lora, is_lora_parameter
-from internvlu.training.losses import model_timesteps, noisy_latents, velocity_target
+from internvlu.training.losses import (
+    edit_region_weights,
+    model_timesteps,
+    noisy_latents,
+    ntp_units,
+    velocity_target,
+)
 from internvlu.training.module import InternVLUForTraining, ModelInputs
 from internvlu.training.observability import MetricsLogger, Progress, peak_memory_mb, plot_losses
 from internvlu.training.parallelize import (
@@ -53,7 +59,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 class LossNorm:
     """Global denominators of one optimizer step."""
 
-    ntp_tokens: float
+    ntp_tokens: float  # supervised tokens (or turns, with loss.ntp_reduction=turn)
     flow_samples: float
 
 
@@ -175,7 +181,7 @@ class Trainer:
         self.vit_grid = vit_grid_of(self.pipe.vlm)
         module = InternVLUForTraining(
             self.pipe.vlm, self.pipe.generation_decoder, self.processor.token_ids(), self.vit_grid,
-            keep_all_modules=self.env.distributed,
+            keep_all_modules=self.env.distributed, ntp_reduction=cfg.loss.ntp_reduction,
         )  # fmt: skip
         lora_paths = apply_lora(module, cfg.lora)
         self.num_trainable = select_trainable(module, cfg.model.trainable, cfg.model.frozen, lora_paths)
@@ -324,6 +330,7 @@ class Trainer:
         grids: list[tuple[int, int]] = []
         fhw: list[torch.Tensor] = []
         cond = None
+        weights: list[torch.Tensor | None] | None = None
         if gen:
             z_list = self.latents.encode([g.target for g in gen], seeds=[g.noise_seed + 1 for g in gen])
             grids = [tuple(z.shape[-2:]) for z in z_list]
@@ -356,6 +363,14 @@ class Trainer:
                 for g in gen:
                     cond.append([e.to(dev) for e in encoded[i : i + len(g.refs)]])
                     i += len(g.refs)
+                loss_cfg = self.config.loss
+                if loss_cfg.edit_region_weight > 0:
+                    weights = [
+                        edit_region_weights(zk, refs[0].cpu(), loss_cfg.edit_region_weight, loss_cfg.edit_region_threshold)
+                        if len(refs) == 1 and refs[0].shape == zk.shape
+                        else None
+                        for zk, refs in zip(z_list, cond)
+                    ]  # fmt: skip
         return ModelInputs(
             input_ids=batch.input_ids.to(dev),
             attention_mask=batch.attention_mask.to(dev),
@@ -368,6 +383,7 @@ class Trainer:
             grids=grids,
             image_fhw_cond=fhw,
             cond_latents=cond,
+            flow_weights=weights,
         )
 
     def forward_backward_step(self, batch: TrainBatch, norm: LossNorm) -> dict[str, float]:
@@ -399,7 +415,8 @@ class Trainer:
         """One optimizer update over the global batch; returns the metric record of the step."""
         t0 = time.perf_counter()
         batches, sampler_state = self._next_batches()
-        local = [sum(b.num_ntp_tokens for b in batches), sum(len(b.gen) for b in batches)]
+        reduction = self.config.loss.ntp_reduction
+        local = [sum(ntp_units(b.labels, reduction) for b in batches), sum(len(b.gen) for b in batches)]
         g_ntp, g_flow = self.env.all_reduce_sum([float(x) for x in local])
         norm = LossNorm(g_ntp, g_flow)
         self.optimizer.zero_grad(set_to_none=True)
