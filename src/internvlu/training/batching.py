@@ -49,7 +49,7 @@ from internvlu.processing.templates import (
 )
 from internvlu.training.config import DataConfig, LossConfig, ResolutionConfig
 from internvlu.training.dataset import PlannedSample, TaskIndex, load_uncached
-from internvlu.training.losses import IGNORE_INDEX, sample_sigma
+from internvlu.training.losses import IGNORE_INDEX, ntp_units, sample_sigma
 
 SIDE_ALIGN = 16  # VAE factor 8 x 2x2 head patch
 _IMAGE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
@@ -268,7 +268,7 @@ class TrainBatch:
 
     @property
     def num_ntp_tokens(self) -> int:
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+        return ntp_units(self.labels, "token")
 
     @property
     def num_tokens(self) -> int:

@@ -359,17 +359,18 @@ class Trainer:
                 encoded = self.latents.encode(
                     flat, seeds=[gen[0].noise_seed + 2 + i for i in range(len(flat))]
                 )
-                cond, i = [], 0
+                per_row, i = [], 0  # K lists of CPU reference latents
                 for g in gen:
-                    cond.append([e.to(dev) for e in encoded[i : i + len(g.refs)]])
+                    per_row.append(encoded[i : i + len(g.refs)])
                     i += len(g.refs)
+                cond = [[e.to(dev) for e in refs] for refs in per_row]
                 loss_cfg = self.config.loss
                 if loss_cfg.edit_region_weight > 0:
                     weights = [
-                        edit_region_weights(zk, refs[0].cpu(), loss_cfg.edit_region_weight, loss_cfg.edit_region_threshold)
+                        edit_region_weights(zk, refs[0], loss_cfg.edit_region_weight, loss_cfg.edit_region_threshold)
                         if len(refs) == 1 and refs[0].shape == zk.shape
                         else None
-                        for zk, refs in zip(z_list, cond)
+                        for zk, refs in zip(z_list, per_row)
                     ]  # fmt: skip
         return ModelInputs(
             input_ids=batch.input_ids.to(dev),
