@@ -144,6 +144,12 @@ def test_card_world_reads_the_training_world_and_names_a_bad_card(tmp_path: Path
     (tmp_path / "card.json").write_text(json.dumps({"data": {"world": {"image_size": 96, "word_prob": 0.2}}}))
     world = card_world(tmp_path)
     assert world is not None and (world.image_size, world.word_prob) == (96, 0.2)
+    # a card from before the edit-scene fields: its edits were drawn from the whole world
+    assert (world.edit_max_objects, len(world.edit_backgrounds)) == (4, 4)
+    edit_world = {"image_size": 64, "edit_max_objects": 2, "edit_backgrounds": ["white"]}
+    (tmp_path / "card.json").write_text(json.dumps({"data": {"world": edit_world}}))
+    world = card_world(tmp_path)
+    assert world is not None and (world.edit_max_objects, world.edit_backgrounds) == (2, ("white",))
     (tmp_path / "card.json").write_text(json.dumps({"data": {"world": {"image_size": 8}}}))
     with pytest.raises(ValueError, match=r"card\.json.*image_size"):
         card_world(tmp_path)

@@ -277,6 +277,40 @@ def test_canonical_layout_fixes_every_open_choice() -> None:
         ShapesConfig(t2i_layout="canonical", colors=("blue", "green"))
 
 
+def test_edit_world_limits_source_scenes() -> None:
+    """edit_max_objects / edit_backgrounds shape edit sources only (and so their targets); understanding scenes
+    keep the full world."""
+    cfg = ShapesConfig(tasks=("edit", "understanding"), edit_max_objects=2, edit_backgrounds=("white",))
+    generator = ShapesGenerator(cfg)
+    rng = np.random.default_rng(11)
+    counts: Counter[tuple[str, int]] = Counter()
+    backgrounds: Counter[tuple[str, str]] = Counter()
+    ops: set[str] = set()
+    done = 0
+    while done < 300:
+        try:
+            sample = generator.sample(rng, f"e{done}")
+        except RejectSample:
+            continue
+        done += 1
+        source = sample.meta["scenes"][0]
+        counts[sample.task, len(source["objects"])] += 1
+        backgrounds[sample.task, source["background"]] += 1
+        if sample.task == "edit":
+            ops.add(sample.meta["edit"]["op"])
+            assert sample.meta["target_scene"]["background"] == "white"
+            assert len(source["objects"]) <= (1 if sample.meta["edit"]["op"] == "add" else 2)
+    assert ops == set(EDIT_OPS)
+    assert {bg for task, bg in backgrounds if task == "edit"} == {"white"}
+    assert len({bg for task, bg in backgrounds if task == "understanding"}) == len(BACKGROUNDS)
+    assert max(n for task, n in counts if task == "understanding") == 4
+    assert counts["edit", 2] > 0
+    with pytest.raises(ValueError, match="edit_max_objects=5"):
+        ShapesConfig(edit_max_objects=5)
+    with pytest.raises(ValueError, match="edit_backgrounds"):
+        ShapesConfig(edit_backgrounds=("purple",))
+
+
 def test_shapes_config_validation() -> None:
     with pytest.raises(ValueError, match="hexagon"):
         ShapesConfig(shapes=("circle", "hexagon"))

@@ -22,12 +22,16 @@ FLOORS = {
 def card_world(model_dir: str | Path) -> Any | None:
     """The shapes world (a ShapesConfig) a model was trained on, read from its card.json; None without a card."""
     from internvlu.embedded.recipe import WorldSettings
+    from internvlu.synthesis.shapes_scene import BACKGROUNDS
 
     path = Path(model_dir) / "card.json"
     if not path.is_file():
         return None
     try:
-        world = json.loads(path.read_text(encoding="utf-8"))["data"]["world"]
+        world = dict(json.loads(path.read_text(encoding="utf-8"))["data"]["world"])
+        # Cards written before session 8 lack the edit-scene fields: their edit sources used the whole world.
+        world.setdefault("edit_max_objects", 4)
+        world.setdefault("edit_backgrounds", list(BACKGROUNDS))
         return WorldSettings(**world).shapes_config()
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: data.world is not a valid shapes world ({exc})") from exc

@@ -67,6 +67,10 @@ class WorldSettings:
     # fixed slots, a default colour per shape), so each prompt has one right image. Measured (head-only pilot, same
     # 2.6 min): shape-only prompts drawn right 0.73 vs 0.07 with "random" layouts, named colour+shape 0.25 vs 0.0.
     t2i_layout: str = "canonical"
+    # Edit source scenes (the target keeps the source's background): at most `edit_max_objects` objects on one of
+    # `edit_backgrounds`.
+    edit_max_objects: int = 4
+    edit_backgrounds: list[str] = dataclasses.field(default_factory=lambda: ["white", "light gray", "gray", "black"])
 
     def shapes_config(self, tasks: tuple[str, ...] = ALL_TASKS, weights: tuple[float, ...] = ()):
         from internvlu.synthesis.shapes import ShapesConfig
@@ -74,6 +78,7 @@ class WorldSettings:
         return ShapesConfig(
             image_size=self.image_size, tasks=tasks, task_weights=weights, shapes=tuple(self.shapes),
             size_fracs=tuple(self.size_fracs), word_prob=self.word_prob, t2i_layout=self.t2i_layout,
+            edit_max_objects=self.edit_max_objects, edit_backgrounds=tuple(self.edit_backgrounds),
         )  # fmt: skip
 
 

@@ -117,6 +117,10 @@ class ShapesConfig(GeneratorConfig):
         shapes, colors, backgrounds: enabled vocabularies (subsets of the world's).
         size_fracs: half-extent of small / medium / large objects as a fraction of image_size.
         min_objects, max_objects: objects per scene (understanding / edit inputs; t2i follows its prompt).
+        edit_max_objects: most objects in an edit's source scene (None: max_objects); fewer objects leave less for
+            the edit to keep in place.
+        edit_backgrounds: backgrounds of edit source scenes (empty: backgrounds). Edits keep their source's
+            background, so this also fixes the target's.
         word_prob: chance that an understanding / edit scene also shows a word.
         words: the word vocabulary (upper-case, short); word_size_frac: font size / image_size.
         understanding_families, t2i_categories, edit_ops, think_kinds: enabled families.
@@ -139,6 +143,8 @@ class ShapesConfig(GeneratorConfig):
     size_fracs: tuple[float, ...] = (0.12, 0.15, 0.18)
     min_objects: int = 1
     max_objects: int = 4
+    edit_max_objects: int | None = None
+    edit_backgrounds: tuple[str, ...] = ()
     word_prob: float = 0.3
     words: tuple[str, ...] = DEFAULT_WORDS
     word_size_frac: float = 0.25
@@ -156,6 +162,8 @@ class ShapesConfig(GeneratorConfig):
         check_subset("shapes", self.shapes, SHAPES, 2)
         check_subset("colors", self.colors, tuple(COLORS), 2)
         check_subset("backgrounds", self.backgrounds, tuple(BACKGROUNDS))
+        if self.edit_backgrounds:
+            check_subset("edit_backgrounds", self.edit_backgrounds, tuple(BACKGROUNDS))
         check_subset("understanding_families", self.understanding_families, UNDERSTANDING_FAMILIES)
         check_subset("t2i_categories", self.t2i_categories, T2I_CATEGORIES)
         check_subset("edit_ops", self.edit_ops, EDIT_OPS)
@@ -173,6 +181,10 @@ class ShapesConfig(GeneratorConfig):
         if not 1 <= self.min_objects <= self.max_objects <= 4:
             raise ValueError(
                 f"need 1 <= min_objects <= max_objects <= 4, got {self.min_objects}, {self.max_objects}"
+            )
+        if self.edit_max_objects is not None and not self.min_objects <= self.edit_max_objects <= 4:
+            raise ValueError(
+                f"edit_max_objects={self.edit_max_objects} must be in [min_objects={self.min_objects}, 4] (or None)"
             )
         if not 0.0 <= self.word_prob <= 1.0:
             raise ValueError(f"word_prob must be in [0, 1], got {self.word_prob}")
@@ -257,8 +269,8 @@ class ShapesGenerator(Generator):
             raise RejectSample("not_enough_pairs")
         return pick_distinct(rng, pool, n)
 
-    def _new_scene(self, rng: np.random.Generator) -> Scene:
-        return Scene(self.size, pick(rng, self.cfg.backgrounds))
+    def _new_scene(self, rng: np.random.Generator, backgrounds: Sequence[str] = ()) -> Scene:
+        return Scene(self.size, pick(rng, backgrounds or self.cfg.backgrounds))
 
     @property
     def canonical(self) -> bool:
@@ -333,8 +345,10 @@ class ShapesGenerator(Generator):
                 return word
         raise RejectSample("layout_failed")
 
-    def _random_scene(self, rng: np.random.Generator, n: int, with_word: bool = False) -> Scene:
-        scene = self._new_scene(rng)
+    def _random_scene(
+        self, rng: np.random.Generator, n: int, with_word: bool = False, backgrounds: Sequence[str] = ()
+    ) -> Scene:
+        scene = self._new_scene(rng, backgrounds)
         if with_word:
             self._place_word(rng, scene)  # first: the word is the widest item
         sizes = sorted((pick(rng, SIZE_NAMES) for _ in range(n)), key=SIZE_NAMES.index, reverse=True)
@@ -600,11 +614,12 @@ class ShapesGenerator(Generator):
 
     def _edit(self, rng: np.random.Generator, sid: str) -> Sample:
         op = pick(rng, self.cfg.edit_ops)
-        low, high = self.cfg.min_objects, self.cfg.max_objects
+        low = self.cfg.min_objects
+        high = self.cfg.max_objects if self.cfg.edit_max_objects is None else self.cfg.edit_max_objects
         if op == "add":
             high = max(low, high - 1)
         n, with_word = self._scene_n(rng, low, high)
-        scene = self._random_scene(rng, n, with_word or op == "replace_word")
+        scene = self._random_scene(rng, n, with_word or op == "replace_word", self.cfg.edit_backgrounds)
         target = scene.copy()
         prompt, info = getattr(self, f"_edit_{op}")(rng, target)
         images = [self._image("image0", scene)]  # render before reading the measured fields below
