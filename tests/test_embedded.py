@@ -254,13 +254,12 @@ def test_shipped_model_every_mode_runs():
 
 
 def test_shipped_model_stays_at_its_measured_quality():
+    from internvlu.embedded.card import card_world
     from internvlu.evaluation.shapes import evaluate_shapes
     from internvlu.pipeline import InternVLUPipeline
 
     card = json.loads((SHIPPED / "card.json").read_text())
-    world = card["data"]["world"]
-    # The world the model was trained on, as the recipe builds it.
-    config = WorldSettings(**world).shapes_config()
+    config = card_world(SHIPPED)  # the world the model was trained on, as the recipe builds it
     pipe = InternVLUPipeline.from_pretrained(str(SHIPPED), dtype=torch.float32, device="cpu")
     scores = evaluate_shapes(pipe, num=SAMPLE_NUM, seed=123, config=config, think_off=False)
     measured = {**card["scores"]["geneval"], **{k: card["scores"][k] for k in ("vqa", "edit", "think")}}
@@ -307,7 +306,6 @@ def test_patch_labels_name_the_object_or_word_under_each_patch():
 
 
 def test_pretrain_vision_trains_only_the_vit(smoke_run: Path):
-    from internvlu.embedded.recipe import WorldSettings
     from internvlu.embedded.vision import VisionPretrainConfig, pretrain_vision
     from internvlu.pipeline import InternVLUPipeline
     from internvlu.synthesis.shapes import ShapesGenerator
