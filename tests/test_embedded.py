@@ -119,7 +119,7 @@ def test_embedded_arch_token_grids():
     arch.validate()
     vit_grid = arch.vit_image_size // arch.vit_patch_size // 2  # after the 2x2 pixel shuffle
     gen_grid = arch.gen_default_size // arch.vae_downsample_factor // 2  # 2x2 head patches
-    assert (vit_grid, gen_grid) == (4, 8)
+    assert (vit_grid, gen_grid) == (8, 8)  # 64 ViT tokens, one per head token
     assert arch.dit_vlm_cond_scale == vit_grid / gen_grid
 
 
