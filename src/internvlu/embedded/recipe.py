@@ -72,7 +72,8 @@ class WorldSettings:
     # background's latents have rms 2.10 (max 6.7) against 0.83 white, 0.57 light gray, 0.51 gray, and 4 of 7
     # black-background edits came back as noise (session 7); every edit also had to keep up to 3 other objects
     # in place while the head copied its source (kept: add 0.88 ... move 0.15). Session 8 draws edit sources on
-    # white with one or two objects; `world.edit_max_objects=4` with
+    # white with one or two objects (on these scenes: session-6 model 0.055, session-8 model 0.20 of 200 edits);
+    # `world.edit_max_objects=4` with
     # `'world.edit_backgrounds=["white","light gray","gray","black"]'` restores the session-6 world.
     edit_max_objects: int = 2
     edit_backgrounds: list[str] = dataclasses.field(default_factory=lambda: ["white"])
@@ -145,7 +146,8 @@ class StageSettings:
 
 def _understanding_stage() -> StageSettings:
     # Session 8: 5,000 steps (1,500 before). With 64 image tokens a step takes ~0.7-1.0 s on 2 threads; vqa rose
-    # 0.595 -> 0.695 from 1,153 to 2,653 steps in the session-7 pilot. max_minutes keeps the recipe within budget
+    # 0.595 -> 0.695 from 1,153 to 2,653 steps in the session-7 pilot and reached 0.72 after these 5,000 steps (61 min
+    # on an idle machine, same 200 questions). max_minutes keeps the recipe within budget
     # on a slower machine (the cosine schedule then follows the cap).
     return StageSettings(
         steps=5000, max_minutes=75.0, lr=2e-3, batch_size=32, weight_decay=0.01,
