@@ -150,6 +150,10 @@ def test_card_world_reads_the_training_world_and_names_a_bad_card(tmp_path: Path
     (tmp_path / "card.json").write_text(json.dumps({"data": {"world": edit_world}}))
     world = card_world(tmp_path)
     assert world is not None and (world.edit_max_objects, world.edit_backgrounds) == (2, ("white",))
+    assert world.edit_layout == "random"  # a card from before session 9: edit objects anywhere
+    (tmp_path / "card.json").write_text(json.dumps({"data": {"world": {**edit_world, "edit_layout": "grid"}}}))
+    world = card_world(tmp_path)
+    assert world is not None and world.edit_layout == "grid"
     (tmp_path / "card.json").write_text(json.dumps({"data": {"world": {"image_size": 8}}}))
     with pytest.raises(ValueError, match=r"card\.json.*image_size"):
         card_world(tmp_path)

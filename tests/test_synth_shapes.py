@@ -29,7 +29,8 @@ from internvlu.synthesis import (
 )
 from internvlu.synthesis.cli import add_synth_parser
 from internvlu.synthesis.detect import compare_scene, detect_scene, geneval_check
-from internvlu.synthesis.shapes_scene import BACKGROUNDS, COLORS, Scene, relation
+from internvlu.synthesis.shapes import ADD_CELL_ORDER
+from internvlu.synthesis.shapes_scene import BACKGROUNDS, COLORS, Scene, region_centre, region_of, relation
 from internvlu.synthesis.shapes_text import (
     COLOR_KNOWLEDGE,
     EDIT_OPS,
@@ -45,17 +46,22 @@ from internvlu.utils.config import ConfigBase
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pool() -> list[Sample]:
-    generator = ShapesGenerator(ShapesConfig(image_size=64, t2i_categories=T2I_CATEGORIES, word_prob=0.4))
-    rng = np.random.default_rng(1234)
+def _accepted(generator: ShapesGenerator, seed: int, n: int, prefix: str = "s") -> list[Sample]:
+    """The first `n` samples the generator accepts from `seed` (rejected candidates skipped)."""
+    rng = np.random.default_rng(seed)
     samples: list[Sample] = []
-    while len(samples) < 420:
+    while len(samples) < n:
         try:
-            samples.append(generator.sample(rng, f"s{len(samples)}"))
+            samples.append(generator.sample(rng, f"{prefix}{len(samples)}"))
         except RejectSample:
             continue
     return samples
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[Sample]:
+    generator = ShapesGenerator(ShapesConfig(image_size=64, t2i_categories=T2I_CATEGORIES, word_prob=0.4))
+    return _accepted(generator, 1234, 420)
 
 
 def _scenes_with_images(samples: list[Sample]) -> list[tuple[Image.Image, dict]]:
@@ -242,14 +248,8 @@ def test_canonical_layout_fixes_every_open_choice() -> None:
     from internvlu.synthesis.shapes import CANONICAL_SLOTS, DEFAULT_SHAPE_COLORS
 
     generator = ShapesGenerator(ShapesConfig(t2i_layout="canonical", tasks=("t2i", "think")))
-    rng = np.random.default_rng(5)
     images: dict[str, bytes] = {}
-    samples = []
-    while len(samples) < 300:
-        try:
-            samples.append(generator.sample(rng, f"c{len(samples)}"))
-        except RejectSample:
-            continue
+    samples = _accepted(generator, 5, 300, "c")
     repeats = 0
     for sample in samples:
         if sample.images:  # think/edit_knowledge edits a random scene
@@ -281,18 +281,10 @@ def test_edit_world_limits_source_scenes() -> None:
     """edit_max_objects / edit_backgrounds shape edit sources only (and so their targets); understanding scenes
     keep the full world."""
     cfg = ShapesConfig(tasks=("edit", "understanding"), edit_max_objects=2, edit_backgrounds=("white",))
-    generator = ShapesGenerator(cfg)
-    rng = np.random.default_rng(11)
     counts: Counter[tuple[str, int]] = Counter()
     backgrounds: Counter[tuple[str, str]] = Counter()
     ops: set[str] = set()
-    done = 0
-    while done < 300:
-        try:
-            sample = generator.sample(rng, f"e{done}")
-        except RejectSample:
-            continue
-        done += 1
+    for sample in _accepted(ShapesGenerator(cfg), 11, 300, "e"):
         source = sample.meta["scenes"][0]
         counts[sample.task, len(source["objects"])] += 1
         backgrounds[sample.task, source["background"]] += 1
@@ -309,6 +301,36 @@ def test_edit_world_limits_source_scenes() -> None:
         ShapesConfig(edit_max_objects=5)
     with pytest.raises(ValueError, match="edit_backgrounds"):
         ShapesConfig(edit_backgrounds=("purple",))
+
+
+def test_grid_edit_layout_puts_objects_on_cell_centres_and_keeps_ops_balanced() -> None:
+    """edit_layout="grid": every source and target object sits on its 3x3 cell's centre point for its size, an
+    "add" fills the first free cell of ADD_CELL_ORDER as large as fits (one right answer), and retries keep each
+    op's share of the samples."""
+    cfg = ShapesConfig(tasks=("edit",), edit_max_objects=2, edit_backgrounds=("white",), edit_layout="grid")
+    generator = ShapesGenerator(cfg)
+    radius = generator.radius
+    ops: Counter[str] = Counter()
+    for sample in _accepted(generator, 5, 350, "g"):
+        op = sample.meta["edit"]["op"]
+        ops[op] += 1
+        for scene in (sample.meta["scenes"][0], sample.meta["target_scene"]):
+            for obj in scene["objects"]:
+                cell = region_of(obj["cx"], obj["cy"], cfg.image_size)
+                assert (obj["cx"], obj["cy"]) == region_centre(cell, radius[obj["size"]], cfg.image_size), sample.prompt
+        if op == "add":
+            source = Scene.from_dict(sample.meta["scenes"][0])
+            added = sample.meta["target_scene"]["objects"][-1]
+            expected = ShapesGenerator(cfg)._put_in_cell(
+                source, added["shape"], added["color"], ("large", "medium", "small"), ADD_CELL_ORDER
+            )
+            assert expected is not None and (expected.cx, expected.cy, expected.size) == (
+                added["cx"], added["cy"], added["size"],
+            )  # fmt: skip
+    assert set(ops) == set(EDIT_OPS)
+    assert min(ops.values()) >= 0.5 * max(ops.values()), ops
+    with pytest.raises(ValueError, match="edit_layout"):
+        ShapesConfig(edit_layout="diagonal")
 
 
 def test_shapes_config_validation() -> None:

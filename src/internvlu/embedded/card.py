@@ -32,6 +32,8 @@ def card_world(model_dir: str | Path) -> Any | None:
         # Cards written before session 8 lack the edit-scene fields: their edit sources used the whole world.
         world.setdefault("edit_max_objects", 4)
         world.setdefault("edit_backgrounds", list(BACKGROUNDS))
+        # ... and cards before session 9 the edit layout: objects anywhere.
+        world.setdefault("edit_layout", "random")
         return WorldSettings(**world).shapes_config()
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: data.world is not a valid shapes world ({exc})") from exc

@@ -77,6 +77,9 @@ class WorldSettings:
     # `'world.edit_backgrounds=["white","light gray","gray","black"]'` restores the session-6 world.
     edit_max_objects: int = 2
     edit_backgrounds: list[str] = dataclasses.field(default_factory=lambda: ["white"])
+    # "random": edit source objects anywhere (and "add" anywhere free); "grid": on 3x3 cell centres, "add" in the
+    # first free cell (ShapesConfig.edit_layout).
+    edit_layout: str = "random"
 
     def shapes_config(self, tasks: tuple[str, ...] = ALL_TASKS, weights: tuple[float, ...] = ()):
         from internvlu.synthesis.shapes import ShapesConfig
@@ -85,6 +88,7 @@ class WorldSettings:
             image_size=self.image_size, tasks=tasks, task_weights=weights, shapes=tuple(self.shapes),
             size_fracs=tuple(self.size_fracs), word_prob=self.word_prob, t2i_layout=self.t2i_layout,
             edit_max_objects=self.edit_max_objects, edit_backgrounds=tuple(self.edit_backgrounds),
+            edit_layout=self.edit_layout,
         )  # fmt: skip
 
 

@@ -85,6 +85,13 @@ from internvlu.synthesis.shapes_text import (
 )
 
 T2I_LAYOUTS: tuple[str, ...] = ("random", "canonical")
+EDIT_LAYOUTS: tuple[str, ...] = ("random", "grid")
+# Where an "add" edit puts its object in the grid edit layout: the first free 3x3 cell in this order (centre first,
+# then the edges' middles, then the corners), so each add instruction has one right target.
+ADD_CELL_ORDER: tuple[str, ...] = (
+    "center", "middle left", "middle right", "top center", "bottom center",
+    "top left", "top right", "bottom left", "bottom right",
+)  # fmt: skip
 # Colour of an object whose prompt names none, in the canonical t2i layout (distinct per shape, so a
 # shape-only prompt still has one right image).
 DEFAULT_SHAPE_COLORS: dict[str, str] = {
@@ -121,6 +128,11 @@ class ShapesConfig(GeneratorConfig):
             the edit to keep in place.
         edit_backgrounds: backgrounds of edit source scenes (empty: backgrounds). Edits keep their source's
             background, so this also fixes the target's.
+        edit_layout: "random" (edit source objects anywhere) or "grid": every edit source object sits on the centre of
+            a cell of the 3x3 grid that "move" edits name (`region_centre`), and "add" puts its object in the first
+            free cell of `ADD_CELL_ORDER`, as large as fits. Every edit target is then one of few drawings the head
+            can learn (as `t2i_layout="canonical"` does for t2i), and "add" has one right answer instead of any free
+            place. Understanding scenes stay random.
         word_prob: chance that an understanding / edit scene also shows a word.
         words: the word vocabulary (upper-case, short); word_size_frac: font size / image_size.
         understanding_families, t2i_categories, edit_ops, think_kinds: enabled families.
@@ -145,6 +157,7 @@ class ShapesConfig(GeneratorConfig):
     max_objects: int = 4
     edit_max_objects: int | None = None
     edit_backgrounds: tuple[str, ...] = ()
+    edit_layout: str = "random"
     word_prob: float = 0.3
     words: tuple[str, ...] = DEFAULT_WORDS
     word_size_frac: float = 0.25
@@ -194,6 +207,8 @@ class ShapesConfig(GeneratorConfig):
             raise ValueError(f"word_size_frac must be in [0.15, 0.4], got {self.word_size_frac}")
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        if self.edit_layout not in EDIT_LAYOUTS:
+            raise ValueError(f"edit_layout must be one of {EDIT_LAYOUTS}, got {self.edit_layout!r}")
         if self.t2i_layout not in T2I_LAYOUTS:
             raise ValueError(f"t2i_layout must be one of {T2I_LAYOUTS}, got {self.t2i_layout!r}")
         if self.t2i_layout == "canonical":
@@ -218,6 +233,7 @@ class ShapesGenerator(Generator):
 
     config_class = ShapesConfig
     _TRIES = 200  # placement attempts per object before the candidate is rejected as "layout_failed"
+    _EDIT_TRIES = 20  # grid-layout edits: scenes drawn for the chosen op before the candidate is rejected
 
     def __init__(self, config: ShapesConfig) -> None:
         super().__init__(config)
@@ -355,6 +371,37 @@ class ShapesGenerator(Generator):
         for (shape, color), size in zip(self._pairs(rng, n), sizes):
             self._place(rng, scene, shape, color, size)
         return scene
+
+    def _grid_scene(
+        self, rng: np.random.Generator, n: int, with_word: bool = False, backgrounds: Sequence[str] = ()
+    ) -> Scene:
+        """Like `_random_scene`, but each object sits on the centre of a random free 3x3 cell (`region_centre`); an
+        object that fits no free cell at its drawn size takes the next smaller size that does (fewer rejected
+        scenes, so the edit ops keep their equal shares)."""
+        scene = self._new_scene(rng, backgrounds)
+        if with_word:
+            self._place_word(rng, scene)
+        sizes = sorted((pick(rng, SIZE_NAMES) for _ in range(n)), key=SIZE_NAMES.index, reverse=True)
+        for (shape, color), size in zip(self._pairs(rng, n), sizes):
+            cells = [list(REGIONS)[int(k)] for k in rng.permutation(len(REGIONS))]
+            smaller = SIZE_NAMES[: SIZE_NAMES.index(size) + 1][::-1]
+            if not any(self._put_in_cell(scene, shape, color, [s], cells) for s in smaller):
+                raise RejectSample("layout_failed")
+        return scene
+
+    def _put_in_cell(
+        self, scene: Scene, shape: str, color: str, sizes: Sequence[str], cells: Sequence[str]
+    ) -> SceneObject | None:
+        """The object on the first cell (then the first size) where it fits; appended to `scene`. None if none."""
+        others = scene_boxes(scene)
+        for cell in cells:
+            for size in sizes:
+                cx, cy = region_centre(cell, self.radius[size], self.size)
+                obj = SceneObject(shape, color, size, cx, cy, self.radius[size])
+                if box_fits(obj.box, others, self.size):
+                    scene.objects.append(obj)
+                    return obj
+        return None
 
     def _scene_n(
         self, rng: np.random.Generator, low: int | None = None, high: int | None = None
@@ -618,10 +665,22 @@ class ShapesGenerator(Generator):
         high = self.cfg.max_objects if self.cfg.edit_max_objects is None else self.cfg.edit_max_objects
         if op == "add":
             high = max(low, high - 1)
-        n, with_word = self._scene_n(rng, low, high)
-        scene = self._random_scene(rng, n, with_word or op == "replace_word", self.cfg.edit_backgrounds)
-        target = scene.copy()
-        prompt, info = getattr(self, f"_edit_{op}")(rng, target)
+        # The grid layout rejects more scenes (fewer places), and more for some ops (a move needs a free cell): it
+        # retries the same op, so every op keeps its share of the samples (and of the edit score).
+        for attempt in range(self._EDIT_TRIES if self.cfg.edit_layout == "grid" else 1):
+            try:
+                n, with_word = self._scene_n(rng, low, high)
+                with_word = with_word or op == "replace_word"
+                if self.cfg.edit_layout == "grid":
+                    scene = self._grid_scene(rng, n, with_word, self.cfg.edit_backgrounds)
+                else:
+                    scene = self._random_scene(rng, n, with_word, self.cfg.edit_backgrounds)
+                target = scene.copy()
+                prompt, info = getattr(self, f"_edit_{op}")(rng, target)
+                break
+            except RejectSample:
+                if attempt + 1 == (self._EDIT_TRIES if self.cfg.edit_layout == "grid" else 1):
+                    raise
         images = [self._image("image0", scene)]  # render before reading the measured fields below
         target_ref = self._image("target", target)
         meta = {
@@ -654,7 +713,13 @@ class ShapesGenerator(Generator):
 
     def _edit_add(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         ((shape, color),) = self._pairs(rng, 1, exclude=[(o.shape, o.color) for o in scene.objects])
-        obj = self._place(rng, scene, shape, color)
+        if self.cfg.edit_layout == "grid":
+            found = self._put_in_cell(scene, shape, color, SIZE_NAMES[::-1], ADD_CELL_ORDER)
+            if found is None:
+                raise RejectSample("edit_infeasible")
+            obj = found
+        else:
+            obj = self._place(rng, scene, shape, color)
         return f"Add {with_article(f'{color} {shape}')}.", {
             "object": len(scene.objects) - 1,
             "shape": obj.shape,
@@ -696,6 +761,9 @@ class ShapesGenerator(Generator):
         step = pick(rng, steps)
         new_size = SIZE_NAMES[level + step]
         resized = dataclasses.replace(obj, size=new_size, r=self.radius[new_size])
+        if self.cfg.edit_layout == "grid":  # stay on the cell's centre point for the new size (edge cells clamp)
+            cx, cy = region_centre(region_of(obj.cx, obj.cy, self.size), resized.r, self.size)
+            resized = dataclasses.replace(resized, cx=cx, cy=cy)
         if not box_fits(resized.box, scene_boxes(scene, skip=obj), self.size):
             raise RejectSample("edit_infeasible")
         scene.objects[index] = resized
