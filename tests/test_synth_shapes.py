@@ -321,7 +321,7 @@ def test_grid_edit_layout_puts_objects_on_cell_centres_and_keeps_ops_balanced() 
         if op == "add":
             source = Scene.from_dict(sample.meta["scenes"][0])
             added = sample.meta["target_scene"]["objects"][-1]
-            expected = ShapesGenerator(cfg)._put_in_cell(
+            expected = generator._put_in_cell(
                 source, added["shape"], added["color"], ("large", "medium", "small"), ADD_CELL_ORDER
             )
             assert expected is not None and (expected.cx, expected.cy, expected.size) == (

@@ -362,27 +362,24 @@ class ShapesGenerator(Generator):
         raise RejectSample("layout_failed")
 
     def _random_scene(
-        self, rng: np.random.Generator, n: int, with_word: bool = False, backgrounds: Sequence[str] = ()
+        self,
+        rng: np.random.Generator,
+        n: int,
+        with_word: bool = False,
+        backgrounds: Sequence[str] = (),
+        grid: bool = False,
     ) -> Scene:
+        """`n` objects anywhere, or with `grid` each on the centre of a random free 3x3 cell (`region_centre`); a
+        grid object that fits no free cell at its drawn size takes the next smaller size that does (fewer rejected
+        scenes, so the edit ops keep their equal shares)."""
         scene = self._new_scene(rng, backgrounds)
         if with_word:
             self._place_word(rng, scene)  # first: the word is the widest item
         sizes = sorted((pick(rng, SIZE_NAMES) for _ in range(n)), key=SIZE_NAMES.index, reverse=True)
         for (shape, color), size in zip(self._pairs(rng, n), sizes):
-            self._place(rng, scene, shape, color, size)
-        return scene
-
-    def _grid_scene(
-        self, rng: np.random.Generator, n: int, with_word: bool = False, backgrounds: Sequence[str] = ()
-    ) -> Scene:
-        """Like `_random_scene`, but each object sits on the centre of a random free 3x3 cell (`region_centre`); an
-        object that fits no free cell at its drawn size takes the next smaller size that does (fewer rejected
-        scenes, so the edit ops keep their equal shares)."""
-        scene = self._new_scene(rng, backgrounds)
-        if with_word:
-            self._place_word(rng, scene)
-        sizes = sorted((pick(rng, SIZE_NAMES) for _ in range(n)), key=SIZE_NAMES.index, reverse=True)
-        for (shape, color), size in zip(self._pairs(rng, n), sizes):
+            if not grid:
+                self._place(rng, scene, shape, color, size)
+                continue
             cells = [list(REGIONS)[int(k)] for k in rng.permutation(len(REGIONS))]
             smaller = SIZE_NAMES[: SIZE_NAMES.index(size) + 1][::-1]
             if not any(self._put_in_cell(scene, shape, color, [s], cells) for s in smaller):
@@ -667,19 +664,17 @@ class ShapesGenerator(Generator):
             high = max(low, high - 1)
         # The grid layout rejects more scenes (fewer places), and more for some ops (a move needs a free cell): it
         # retries the same op, so every op keeps its share of the samples (and of the edit score).
-        for attempt in range(self._EDIT_TRIES if self.cfg.edit_layout == "grid" else 1):
+        grid = self.cfg.edit_layout == "grid"
+        tries = self._EDIT_TRIES if grid else 1
+        for attempt in range(tries):
             try:
                 n, with_word = self._scene_n(rng, low, high)
-                with_word = with_word or op == "replace_word"
-                if self.cfg.edit_layout == "grid":
-                    scene = self._grid_scene(rng, n, with_word, self.cfg.edit_backgrounds)
-                else:
-                    scene = self._random_scene(rng, n, with_word, self.cfg.edit_backgrounds)
+                scene = self._random_scene(rng, n, with_word or op == "replace_word", self.cfg.edit_backgrounds, grid)
                 target = scene.copy()
                 prompt, info = getattr(self, f"_edit_{op}")(rng, target)
                 break
             except RejectSample:
-                if attempt + 1 == (self._EDIT_TRIES if self.cfg.edit_layout == "grid" else 1):
+                if attempt + 1 == tries:
                     raise
         images = [self._image("image0", scene)]  # render before reading the measured fields below
         target_ref = self._image("target", target)
@@ -713,13 +708,10 @@ class ShapesGenerator(Generator):
 
     def _edit_add(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
         ((shape, color),) = self._pairs(rng, 1, exclude=[(o.shape, o.color) for o in scene.objects])
-        if self.cfg.edit_layout == "grid":
-            found = self._put_in_cell(scene, shape, color, SIZE_NAMES[::-1], ADD_CELL_ORDER)
-            if found is None:
-                raise RejectSample("edit_infeasible")
-            obj = found
-        else:
+        if self.cfg.edit_layout != "grid":
             obj = self._place(rng, scene, shape, color)
+        elif (obj := self._put_in_cell(scene, shape, color, SIZE_NAMES[::-1], ADD_CELL_ORDER)) is None:
+            raise RejectSample("edit_infeasible")
         return f"Add {with_article(f'{color} {shape}')}.", {
             "object": len(scene.objects) - 1,
             "shape": obj.shape,
