@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from internvlu import InternVLUPipeline
 
+    world = None  # the shapes world to score in: the trained model's own (its card), else the generator's default
     if args.model in pc.SIZES:
         pipe = pc.load(args.model, args.dtype, args.device)
         model_name = args.model
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         pipe = InternVLUPipeline.from_pretrained(path, torch_dtype=pc.DTYPES[args.dtype], device=args.device)
         pipe.set_progress_bar_config(disable=True)
         model_name = str(path)
+        from internvlu.embedded.card import card_world
+
+        world = card_world(path)
     configs = [parse_config(c) for c in args.configs]
     size = args.proxy_size or int(pipe.generation_decoder.config.gen_image_height)
     prompts = (PROXY_PROMPTS * (1 + args.proxy_prompts // len(PROXY_PROMPTS)))[: args.proxy_prompts]
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch_size=args.batch_size,
                 num_inference_steps=cfg["steps"],
                 think_off=False,
+                config=world,
             )
             scores = {"geneval": res["geneval"]["overall"], "edit": res["edit"], "think": res["think"]}
             if baseline_scores is None:

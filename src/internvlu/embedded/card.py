@@ -150,7 +150,7 @@ images of coloured circles, squares, triangles, diamonds and stars on plain back
   understanding:t2i:edit:think = {":".join(str(w) for w in cfg.synth.task_weights)}.
 - Recipe: tokenizer (byte-level BPE, {cfg.tokenizer.vocab_size} merges + special tokens) -> VAE
   (PSNR {card["vae_psnr_db"]} dB on held-out images){_decoder_note(card)}{_vit_note(card)} -> understanding pre-training (NTP) -> generation head (MLLM
-  frozen, flow matching) -> unified stage (everything, NTP:flow {cfg.unified.ntp_weight:g}:{cfg.unified.flow_weight:g}).
+  frozen, flow matching) -> edit-heavy continued head training -> unified stage (everything, NTP:flow {cfg.unified.ntp_weight:g}:{cfg.unified.flow_weight:g}).
 - Seed: {cfg.seed}. Training time: {card["training_minutes"]:.1f} min on {cfg.num_threads} CPU threads
   (including synthesis and the final evaluation). Size: {card["size_mb"]} MB ({cfg.export_dtype}).
 - Reproduce: `{card["command"]}`
