@@ -310,7 +310,7 @@ def shapes_tiny_smoke_config() -> ShapesTinyConfig:
     cfg.arch.llm_hidden, cfg.arch.llm_layers, cfg.arch.llm_mlp = 64, 1, 128
     cfg.arch.llm_heads, cfg.arch.llm_kv_heads, cfg.arch.llm_head_dim = 4, 2, 16
     cfg.arch.dit_layers, cfg.arch.dit_heads = 1, 1
-    for stage in (cfg.understanding, cfg.generation, cfg.continued, cfg.unified):
+    for stage in (getattr(cfg, name) for name in ShapesTinyConfig.STAGES):
         stage.steps, stage.batch_size, stage.warmup_steps, stage.max_minutes = 2, 4, 1, None
         stage.eval_num = 0
     cfg.eval = EvalSettings(
