@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> None:
             "s/image",
             "proxy PSNR dB",
             "GenEval overall",
-            "Δ",
+            "Δ GenEval",
             "edit",
-            "Δ",
+            "Δ edit",
             "think",
-            "Δ",
+            "Δ think",
         ],
     )
     baseline_images: list[np.ndarray] | None = None

@@ -215,6 +215,38 @@ def test_continued_stage_trains_only_the_head_on_an_edit_heavy_mix(smoke_run: Pa
     assert config["model"]["path"] == str(gen)  # it continued from the generation stage
 
 
+def test_stage_only_samples_join_that_stage_and_no_other(smoke_run: Path):
+    """`continued.extra_samples` synthesizes t2i samples of `extra_t2i_categories` into `data-continued/` and
+    only that stage reads them; the shared `data/` (which the earlier stages saw) gets none of them."""
+    from internvlu.data import SampleReader
+
+    cfg = shapes_tiny_smoke_config()
+    manifest = json.loads((smoke_run / "data-continued" / "manifest.json").read_text())
+    assert manifest["num_samples"] == cfg.continued.extra_samples == 8
+    assert manifest["counts_by_task"] == {"t2i": 8}
+    families = {s.meta["family"] for s in SampleReader(smoke_run / "data-continued")}
+    assert families == {f"t2i/{c}" for c in cfg.continued.extra_t2i_categories}
+    shared = {s.meta["family"] for s in SampleReader(smoke_run / "data")}
+    assert not families & shared
+    timeline = json.loads((smoke_run / "timeline.json").read_text())["steps"]
+    assert timeline["continued"]["extra_samples"] == 8
+    for name in ShapesTinyConfig.STAGES:
+        sources = json.loads((smoke_run / name / "export" / "training_config.json").read_text())["data"]["sources"]
+        assert (str(smoke_run / "data-continued") in sources) == (name == "continued"), (name, sources)
+
+
+def test_stage_only_samples_are_validated():
+    with pytest.raises(ValueError, match="extra_t2i_categories"):
+        resolve_shapes_config("shapes-tiny", ["continued.extra_samples=10", "continued.extra_t2i_categories=[maze]"])
+    with pytest.raises(ValueError, match="never draws t2i"):
+        resolve_shapes_config(
+            "shapes-tiny",
+            ["understanding.extra_samples=10", "understanding.extra_t2i_categories=[placed]"],
+        )
+    with pytest.raises(ValueError, match="extra_samples must be >= 0"):
+        resolve_shapes_config("shapes-tiny", ["continued.extra_samples=-1"])
+
+
 def test_smoke_model_loads_with_x4_vae(smoke_run: Path):
     from internvlu.pipeline import InternVLUPipeline
 

@@ -333,6 +333,29 @@ def test_grid_edit_layout_puts_objects_on_cell_centres_and_keeps_ops_balanced() 
         ShapesConfig(edit_layout="diagonal")
 
 
+def test_placed_t2i_draws_the_named_object_where_a_move_to_that_cell_puts_it() -> None:
+    """t2i "placed": one object of the named size and colour on the named cell's move point, on the canonical
+    background; the GenEval rule checks the cell, so the same image fails for any other cell."""
+    cfg = ShapesConfig(tasks=("t2i",), t2i_categories=("placed",), t2i_layout="canonical")
+    generator = ShapesGenerator(cfg)
+    cells: Counter[str] = Counter()
+    for sample in _accepted(generator, 7, 60, "p"):
+        (obj,) = sample.meta["target_scene"]["objects"]
+        region = sample.meta["geneval"]["include"][0]["region"]
+        cells[region] += 1
+        named = f"{obj['size']} {obj['color']} {obj['shape']}"  # sizes: small, medium, large (article "a")
+        assert sample.prompt == f"a photo of a {named} at the {region}"
+        assert (obj["cx"], obj["cy"]) == region_centre(region, generator.radius[obj["size"]], cfg.image_size)
+        assert sample.meta["target_scene"]["background"] == cfg.backgrounds[0]
+        detected = detect_scene(sample.target.load())
+        assert geneval_check(detected, sample.meta["geneval"]) == (True, "ok")
+        spec = json.loads(json.dumps(sample.meta["geneval"]))
+        spec["include"][0]["region"] = "center" if region != "center" else "top left"
+        ok, reason = geneval_check(detected, spec)
+        assert not ok and spec["include"][0]["region"] in reason
+    assert len(cells) == 9
+
+
 def test_shapes_config_validation() -> None:
     with pytest.raises(ValueError, match="hexagon"):
         ShapesConfig(shapes=("circle", "hexagon"))

@@ -149,6 +149,12 @@ class StageSettings:
     trainable: list[str] = dataclasses.field(default_factory=lambda: ["generation_decoder"])
     frozen: list[str] = dataclasses.field(default_factory=list)  # prefixes inside `trainable` kept fixed
     eval_num: int = 16  # evaluate_shapes prompts per category after the stage (0 = skip)
+    # Samples synthesized for this stage only, into `data-<stage>/` (the shared `data/` stays as the earlier stages
+    # saw it): `extra_samples` t2i samples of `extra_t2i_categories`, which join the stage's t2i pool. They are drawn
+    # without de-duplication: a small category ("placed" has ~1,350 distinct prompts) repeats, and the count sets
+    # its share of the stage's t2i draws.
+    extra_samples: int = 0
+    extra_t2i_categories: list[str] = dataclasses.field(default_factory=list)
 
 
 def _understanding_stage() -> StageSettings:
@@ -176,9 +182,14 @@ def _continued_stage() -> StageSettings:
     # 0.08 -> 0.63, reshape 0.18 -> 0.54, resize 0.33 -> 0.70; move 0.0 -> 0.03) in 15 min, but GenEval fell
     # 0.89 -> 0.65 and think 0.50 -> 0.23 (40 per category): the edit task was undertrained, not unlearnable.
     # T2I and think samples stay in the mix to keep what the generation stage learned.
+    # Session 11: the changed latent pixels of an edit weigh 1 + 3 in the flow loss (most of an edit target is the
+    # copied white background) and 500 more steps (the budget's spare minutes): edit 0.47 -> 0.50 on the recipe's
+    # 200 edits (seed 0), GenEval 0.895 -> 0.914; on a second draw of 200 edits (seed 1) 0.415 -> 0.41, so the
+    # gain is within the ~0.05 spread between draws (docs/embedded.md, session 11).
     return StageSettings(
-        steps=3000, max_minutes=22.0, lr=1e-3, batch_size=16,
+        steps=3500, max_minutes=24.0, lr=1e-3, batch_size=16,
         task_weights={"edit": 4.0, "t2i": 1.0, "think": 1.0}, trainable=["generation_decoder"],
+        edit_region_weight=3.0,
     )  # fmt: skip
 
 
@@ -281,10 +292,32 @@ class ShapesTinyConfig:
         self.world.shapes_config().validate()
         self.vae.decoder.validate()
         self.vision.validate()
+        for name in self.STAGES:
+            _check_extra_data(name, getattr(self, name))
         known = ("synth", "tokenizer", "vae", "decoder", "init", "vision", "latents", *self.STAGES)
         if self.stop_after is not None and self.stop_after not in known:
             raise ValueError(f"stop_after={self.stop_after!r}; known steps: {known}")
         return self
+
+
+def _check_extra_data(name: str, stage: StageSettings) -> None:
+    from internvlu.synthesis.shapes_text import T2I_CATEGORIES
+
+    if stage.extra_samples < 0:
+        raise ValueError(f"{name}.extra_samples must be >= 0, got {stage.extra_samples}")
+    if not stage.extra_samples:
+        return
+    unknown = sorted(set(stage.extra_t2i_categories) - set(T2I_CATEGORIES))
+    if not stage.extra_t2i_categories or unknown:
+        raise ValueError(
+            f"{name}.extra_t2i_categories={stage.extra_t2i_categories!r} must name t2i categories from "
+            f"{T2I_CATEGORIES} (unknown: {unknown})"
+        )
+    if stage.task_weights.get("t2i", 0.0) <= 0:
+        raise ValueError(
+            f"{name}.extra_samples={stage.extra_samples} adds t2i samples, but {name}.task_weights="
+            f"{stage.task_weights} never draws t2i"
+        )
 
 
 def shapes_tiny_config() -> ShapesTinyConfig:
@@ -313,6 +346,9 @@ def shapes_tiny_smoke_config() -> ShapesTinyConfig:
     for stage in (getattr(cfg, name) for name in ShapesTinyConfig.STAGES):
         stage.steps, stage.batch_size, stage.warmup_steps, stage.max_minutes = 2, 4, 1, None
         stage.eval_num = 0
+    # The stage-only synthesis path (StageSettings.extra_samples) runs in CI whatever the shipped settings.
+    cfg.continued.extra_samples = 8
+    cfg.continued.extra_t2i_categories = cfg.continued.extra_t2i_categories or ["placed"]
     cfg.eval = EvalSettings(
         num=1, num_inference_steps=1, batch_size=8, max_thought_tokens=8, max_new_tokens=8, think_off=False
     )
@@ -451,7 +487,7 @@ def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: 
             init="pretrained", path=str(init), trainable=list(stage.trainable), frozen=list(stage.frozen)
         ),
         data=DataConfig(
-            sources=[str(out / "data")],
+            sources=[str(out / "data")] + ([str(out / f"data-{name}")] if stage.extra_samples else []),
             task_weights=dict(stage.task_weights),
             resolution=ResolutionConfig(mode="fixed", size=cfg.world.image_size),
             drop=DropConfig(),
@@ -549,6 +585,24 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
             config=cfg.world.shapes_config(ALL_TASKS, tuple(s.task_weights)), contact_sheet_samples=16,
         )  # fmt: skip
         return {"num_samples": manifest["num_samples"]}
+
+    def stage_synth(name: str, stage: StageSettings) -> int:
+        """The stage's own t2i samples in `data-<stage>/` (complete shards of a resumed run with the same settings
+        are kept; other settings start the folder afresh)."""
+        folder = out / f"data-{name}"
+        world = dataclasses.replace(
+            cfg.world.shapes_config(("t2i",)), t2i_categories=tuple(stage.extra_t2i_categories)
+        )
+        prior = folder / "manifest.json"
+        stale = prior.exists() and json.loads(prior.read_text(encoding="utf-8")).get("config") != json.loads(
+            json.dumps(world.to_dict())
+        )
+        manifest = run_synthesis(
+            "shapes", folder, stage.extra_samples, seed=cfg.seed, workers=cfg.synth.workers,
+            shard_size=cfg.synth.shard_size, config=world, filters={"dedup": False}, contact_sheet_samples=16,
+            overwrite=stale,
+        )  # fmt: skip
+        return manifest["num_samples"]
 
     def tokenizer() -> dict[str, Any]:
         t = cfg.tokenizer
@@ -669,6 +723,9 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
         tc = _stage_config(cfg, name, stage, current, out)
 
         def run_stage(tc=tc, stage=stage, name=name) -> dict[str, Any]:
+            extra = {}
+            if stage.extra_samples:
+                extra = {"extra_samples": stage_synth(name, stage)}
             with single_frame_convs_everywhere():  # exact 2-D path for the frozen VAE's one-frame encodes
                 result = Trainer(tc).train()
             last = result.history[-1] if result.history else {}
@@ -677,6 +734,7 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
                 "loss": last.get("loss"),
                 "loss_ntp": last.get("loss_ntp"),
                 "loss_flow": last.get("loss_flow"),
+                **extra,
             }
 
         step(name, run_stage)

@@ -36,6 +36,7 @@ from internvlu.synthesis.shapes_scene import (
     SHAPES,
     STAR_INNER_RATIO,
     Scene,
+    region_of,
 )
 
 _MAX_SHAPE_GRID = 64  # larger masks are reduced to this before template matching
@@ -521,14 +522,19 @@ def geneval_check(detected: DetectedScene, spec: dict[str, Any]) -> tuple[bool, 
     """Score one image against GenEval-layout metadata (``meta["geneval"]`` of shapes t2i samples).
 
     `include` items need at least `count` objects of the class (with `color` when given) and, with
-    ``position: [relation, i]``, one of them in that relation to an object of include item i; `exclude`
+    ``position: [relation, i]``, one of them in that relation to an object of include item i; with
+    ``region``, only objects whose centroid lies in that 3x3 cell (`region_of`) count; `exclude`
     items fail when `count` or more objects of the class are present. Returns (correct, reason).
     """
     include = spec.get("include", [])
     for item in include:
         found = detected.find(shape=item["class"], color=item.get("color"))
+        if "region" in item:  # centroid in that cell of the 3x3 grid
+            found = [o for o in found if region_of(*o.centroid, detected.width) == item["region"]]
         if len(found) < item["count"]:
-            what = f"{item.get('color', '')} {item['class']}".strip()
+            what = f"{item.get('color', '')} {item['class']}".strip() + (
+                f" in the {item['region']} cell" if "region" in item else ""
+            )
             return False, f"expected {item['count']} {what}, found {len(found)}"
         if "position" in item:
             rel, ref_index = item["position"]

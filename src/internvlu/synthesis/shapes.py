@@ -14,7 +14,8 @@ Task families:
   reading a word, background colour, a full description, and a two-image comparison; 1..max_turns
   turns per sample.
 * t2i: GenEval's six categories (single object, two objects, counting, colours, position, colour
-  attribution) plus an optional ``text`` category; prompts read ``PREFIX + description``.
+  attribution) plus two optional categories: ``text`` (a word) and ``placed`` (one object of a named size and
+  colour at a named cell of the 3x3 grid that move edits use); prompts read ``PREFIX + description``.
 * edit: recolor, add, remove, move (to one of 9 regions), resize (one size step), reshape, replace a
   word. The target is the input scene with exactly that change re-rendered, so all other pixels match.
 * think: arithmetic on counts, colour and shape knowledge ("the colour of grass"), ordering from chained
@@ -648,6 +649,17 @@ class ShapesGenerator(Generator):
         self._draw_objects(rng, scene, [(s1, c1), (s2, c2)])
         return f"{with_article(f'{c1} {s1}')} and {with_article(f'{c2} {s2}')}", {
             "include": [{"class": s1, "count": 1, "color": c1}, {"class": s2, "count": 1, "color": c2}]
+        }
+
+    def _t2i_placed(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:
+        # The nine places a "move" edit names, taught by cheap one-image samples: the object sits where a move
+        # to that cell puts it (`region_centre`), and the prompt names its size, so the image is fixed.
+        ((shape, color),) = self._pairs(rng, 1)
+        size, region = pick(rng, SIZE_NAMES), pick(rng, tuple(REGIONS))
+        cx, cy = region_centre(region, self.radius[size], self.size)
+        scene.objects.append(SceneObject(shape, color, size, cx, cy, self.radius[size]))
+        return f"{with_article(f'{size} {color} {shape}')} at the {region}", {
+            "include": [{"class": shape, "count": 1, "color": color, "region": region}]
         }
 
     def _t2i_text(self, rng: np.random.Generator, scene: Scene) -> tuple[str, dict[str, Any]]:

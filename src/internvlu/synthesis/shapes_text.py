@@ -29,7 +29,7 @@ GENEVAL_CATEGORIES: tuple[str, ...] = (
     "position",
     "color_attr",
 )
-T2I_CATEGORIES: tuple[str, ...] = (*GENEVAL_CATEGORIES, "text")
+T2I_CATEGORIES: tuple[str, ...] = (*GENEVAL_CATEGORIES, "text", "placed")
 EDIT_OPS: tuple[str, ...] = ("recolor", "add", "remove", "move", "resize", "reshape", "replace_word")
 THINK_KINDS: tuple[str, ...] = (
     "arithmetic",
