@@ -151,7 +151,7 @@ class StageSettings:
     eval_num: int = 16  # evaluate_shapes prompts per category after the stage (0 = skip)
     # Samples synthesized for this stage only, into `data-<stage>/` (the shared `data/` stays as the earlier stages
     # saw it): `extra_samples` t2i samples of `extra_t2i_categories`, which join the stage's t2i pool. They are drawn
-    # without de-duplication: a small category ("placed" has ~1,350 distinct prompts) repeats, and the count sets
+    # without de-duplication: a small category ("placed" has 1,080 distinct prompts) repeats, and the count sets
     # its share of the stage's t2i draws.
     extra_samples: int = 0
     extra_t2i_categories: list[str] = dataclasses.field(default_factory=list)
