@@ -184,8 +184,8 @@ def _continued_stage() -> StageSettings:
     # T2I and think samples stay in the mix to keep what the generation stage learned.
     # Session 11: the changed latent pixels of an edit weigh 1 + 3 in the flow loss (most of an edit target is the
     # copied white background) and 500 more steps (the budget's spare minutes): edit 0.47 -> 0.50 on the recipe's
-    # 200 edits (seed 0), GenEval 0.895 -> 0.914; on a second draw of 200 edits (seed 1) 0.415 -> 0.41, so the
-    # gain is within the ~0.05 spread between draws (docs/embedded.md, session 11).
+    # 200 edits (seed 0), GenEval 0.895 -> 0.914; with evaluation seed 1 edit 0.44 -> 0.475: a small gain, below
+    # the ~0.05 spread between draws (docs/embedded.md, session 11).
     return StageSettings(
         steps=3500, max_minutes=24.0, lr=1e-3, batch_size=16,
         task_weights={"edit": 4.0, "t2i": 1.0, "think": 1.0}, trainable=["generation_decoder"],
