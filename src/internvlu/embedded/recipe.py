@@ -463,6 +463,11 @@ def _vae_images(cfg: ShapesTinyConfig) -> torch.Tensor:
     return images_to_tensor(images[: cfg.vae.num_images])
 
 
+def _stage_data_dir(out: Path, name: str) -> Path:
+    """Where a stage's own samples (StageSettings.extra_samples) are synthesized and read from."""
+    return out / f"data-{name}"
+
+
 def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: Path, out: Path):
     from internvlu.training.config import (
         CheckpointConfig,
@@ -487,7 +492,7 @@ def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: 
             init="pretrained", path=str(init), trainable=list(stage.trainable), frozen=list(stage.frozen)
         ),
         data=DataConfig(
-            sources=[str(out / "data")] + ([str(out / f"data-{name}")] if stage.extra_samples else []),
+            sources=[str(out / "data")] + ([str(_stage_data_dir(out, name))] if stage.extra_samples else []),
             task_weights=dict(stage.task_weights),
             resolution=ResolutionConfig(mode="fixed", size=cfg.world.image_size),
             drop=DropConfig(),
@@ -589,7 +594,7 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
     def stage_synth(name: str, stage: StageSettings) -> int:
         """The stage's own t2i samples in `data-<stage>/` (complete shards of a resumed run with the same settings
         are kept; other settings start the folder afresh)."""
-        folder = out / f"data-{name}"
+        folder = _stage_data_dir(out, name)
         world = dataclasses.replace(
             cfg.world.shapes_config(("t2i",)), t2i_categories=tuple(stage.extra_t2i_categories)
         )
