@@ -10,6 +10,7 @@ import re
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -446,6 +447,24 @@ def test_resume_keeps_finished_shards(built: tuple[Path, dict], tmp_path: Path) 
     assert changed["num_shards"] == 1 and sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar"]
 
 
+def test_overwrite_changed_resumes_same_settings_and_rebuilds_other_settings(tmp_path: Path) -> None:
+    out = tmp_path / "stage-data"
+    kw: dict[str, Any] = {"seed": 3, "config": SMALL, "contact_sheet_samples": 0, "overwrite": "changed"}
+    first = run_synthesis("shapes", out, 30, shard_size=10, **kw)
+    again = run_synthesis("shapes", out, 30, shard_size=10, **kw)
+    assert (again["generated_shards"], again["skipped_shards"]) == (0, 3) and _shas(again) == _shas(first)
+    # Another shard size (refused by the default, overwrite=False) starts the folder afresh: no shard of the
+    # old layout is left behind for a folder glob to pick up.
+    with pytest.raises(ValueError, match="shard_size"):
+        run_synthesis("shapes", out, 30, seed=3, config=SMALL, contact_sheet_samples=0, shard_size=15)
+    rebuilt = run_synthesis("shapes", out, 30, shard_size=15, **kw)
+    assert (rebuilt["generated_shards"], rebuilt["skipped_shards"], rebuilt["shard_size"]) == (2, 0, 15)
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-000000.tar", "shard-000001.tar"]
+    assert json.loads((out / "manifest.json").read_text())["shard_size"] == 15
+    with pytest.raises(ValueError, match="'sometimes'"):
+        run_synthesis("shapes", out, 30, seed=3, config=SMALL, overwrite="sometimes")  # type: ignore[arg-type]
+
+
 @dataclasses.dataclass
 class _FlatConfig(ConfigBase):
     variants: int = 3
@@ -561,6 +580,13 @@ def test_synth_cli_runs_and_reports_bad_input(tmp_path: Path, capsys: pytest.Cap
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["tasks"] == ["t2i", "think"] and manifest["config"]["task_weights"] == [1, 3]
     assert set(manifest["counts_by_task"]) <= {"t2i", "think"}
+    same = ["synth", "shapes", "--out", str(out), "--num", "6", "--image-size", "48", "--tasks", "t2i,think",
+            "--set", "task_weights=1,3", "--contact-sheet", "0"]  # fmt: skip
+    args = _parser().parse_args([*same, "--shard-size", "2"])
+    assert args.func(args) == 2 and "shard_size" in capsys.readouterr().err  # another layout: refused by default
+    args = _parser().parse_args([*same, "--shard-size", "2", "--overwrite-changed"])
+    assert args.func(args) == 0 and json.loads((out / "manifest.json").read_text())["num_shards"] == 3
+    capsys.readouterr()
     for bad, message in ((["--set", "nope=1"], "nope"), (["--set", "shapes=circle,hexagon"], "hexagon")):
         args = _parser().parse_args(["synth", "shapes", "--out", str(tmp_path / "x"), "--num", "2", *bad])
         assert args.func(args) == 2

@@ -594,18 +594,13 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
     def stage_synth(name: str, stage: StageSettings) -> int:
         """The stage's own t2i samples in `data-<stage>/` (complete shards of a resumed run with the same settings
         are kept; other settings start the folder afresh)."""
-        folder = _stage_data_dir(out, name)
         world = dataclasses.replace(
             cfg.world.shapes_config(("t2i",)), t2i_categories=tuple(stage.extra_t2i_categories)
         )
-        prior = folder / "manifest.json"
-        stale = prior.exists() and json.loads(prior.read_text(encoding="utf-8")).get("config") != json.loads(
-            json.dumps(world.to_dict())
-        )
         manifest = run_synthesis(
-            "shapes", folder, stage.extra_samples, seed=cfg.seed, workers=cfg.synth.workers,
+            "shapes", _stage_data_dir(out, name), stage.extra_samples, seed=cfg.seed, workers=cfg.synth.workers,
             shard_size=cfg.synth.shard_size, config=world, filters={"dedup": False}, contact_sheet_samples=16,
-            overwrite=stale,
+            overwrite="changed",
         )  # fmt: skip
         return manifest["num_samples"]
 

@@ -72,8 +72,14 @@ def add_synth_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--contact-sheet", type=int, default=32, metavar="M", help="samples on the sheet (0 = none)"
     )
-    parser.add_argument(
+    redo = parser.add_mutually_exclusive_group()
+    redo.add_argument(
         "--overwrite", action="store_true", help="delete existing shards in DIR instead of resuming"
+    )
+    redo.add_argument(
+        "--overwrite-changed",
+        action="store_true",
+        help="resume DIR if it was made with the same settings, else delete its shards and build afresh",
     )
     parser.add_argument(
         "--ray",
@@ -163,7 +169,7 @@ def run_synth(args: argparse.Namespace) -> int:
             config=build_overrides(args),
             filters=filters,
             contact_sheet_samples=args.contact_sheet,
-            overwrite=args.overwrite,
+            overwrite="changed" if args.overwrite_changed else args.overwrite,
             ray_address=args.ray,
         )
     except (ValueError, TypeError, OSError) as exc:

@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -256,7 +256,7 @@ def run_synthesis(
     config: ConfigBase | dict[str, Any] | None = None,
     filters: FilterConfig | dict[str, Any] | None = None,
     contact_sheet_samples: int = 32,
-    overwrite: bool = False,
+    overwrite: bool | Literal["changed"] = False,
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Generate `num` samples into tar shards under `out`; returns the manifest (also written to disk).
@@ -271,7 +271,9 @@ def run_synthesis(
         config: generator config (dataclass or dict); defaults when None.
         filters: filter config; defaults when None.
         contact_sheet_samples: samples shown in contact_sheet.png (0 = none).
-        overwrite: delete this runner's files in `out` first instead of resuming.
+        overwrite: True: delete this runner's files in `out` first instead of resuming. "changed": resume when `out`
+            was made with the same settings (generator, config, filters, seed, shard size), start it afresh when
+            not (a pipeline that re-runs one step with new settings); False: refuse a folder made otherwise.
         ray_address: build shards as Ray tasks on this cluster ("auto", "ray://host:port", or "local"
             to start a local one) instead of local worker processes; shards are byte-identical.
     """
@@ -285,6 +287,8 @@ def run_synthesis(
         ("seed", seed, 0),
     ):
         check_min_int(label, value, low)
+    if overwrite not in (True, False, "changed"):
+        raise ValueError(f"overwrite must be True, False or 'changed', got {overwrite!r}")
     gen_config = _resolve_config(gen_cls, config)
     filter_config = filters if isinstance(filters, FilterConfig) else FilterConfig.from_dict(filters or {})
     if filter_config.extra:
@@ -387,18 +391,23 @@ def run_synthesis(
     return manifest
 
 
+def _clear(out_dir: Path) -> None:
+    """Delete this runner's files in `out_dir` (nothing else a user keeps there)."""
+    for path in [
+        *out_dir.glob("shard-*.tar"),
+        out_dir / MANIFEST,
+        out_dir / PARTIAL_MANIFEST,
+        out_dir / CONTACT_SHEET,
+    ]:
+        path.unlink(missing_ok=True)
+
+
 def _load_prior(
-    out_dir: Path, manifest: dict[str, Any], expected: dict[int, int], overwrite: bool
+    out_dir: Path, manifest: dict[str, Any], expected: dict[int, int], overwrite: bool | str
 ) -> dict[int, dict[str, Any]]:
     """Shards of an earlier run that can be kept, by index; deletes what cannot."""
-    if overwrite:
-        for path in [
-            *out_dir.glob("shard-*.tar"),
-            out_dir / MANIFEST,
-            out_dir / PARTIAL_MANIFEST,
-            out_dir / CONTACT_SHEET,
-        ]:
-            path.unlink(missing_ok=True)
+    if overwrite is True:
+        _clear(out_dir)
         return {}
     # The partial manifest is newer when both exist (a resumed run that was extending a dataset).
     prior_path = next((p for p in (out_dir / PARTIAL_MANIFEST, out_dir / MANIFEST) if p.is_file()), None)
@@ -412,6 +421,10 @@ def _load_prior(
         raise ValueError(f"{prior_path} is not valid JSON ({exc}); delete it or pass overwrite") from exc
     if _identity(prior) != _identity(manifest):
         diff = sorted(k for k, v in _identity(manifest).items() if _identity(prior).get(k) != v)
+        if overwrite == "changed":
+            logger.info("%s was made with other settings (%s differ): building it afresh", out_dir, ", ".join(diff))
+            _clear(out_dir)
+            return {}
         raise ValueError(
             f"{out_dir} holds shards made with different settings ({', '.join(diff)} differ); "
             "use another output folder or overwrite"
