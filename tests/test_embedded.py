@@ -18,6 +18,7 @@ from internvlu.embedded.recipe import (
     resolve_shapes_config,
     run_shapes_recipe,
     shapes_tiny_smoke_config,
+    stage_minutes_cap,
 )
 from internvlu.embedded.vae import VAEArch, build_vae, latent_statistics, single_frame_convs
 
@@ -245,6 +246,37 @@ def test_stage_only_samples_are_validated():
         )
     with pytest.raises(ValueError, match="extra_samples must be >= 0"):
         resolve_shapes_config("shapes-tiny", ["continued.extra_samples=-1"])
+
+
+def test_reserve_minutes_caps_a_stage_so_the_recipe_stays_in_budget(smoke_run: Path):
+    from internvlu.embedded.recipe import StageSettings
+
+    warnings: list[str] = []
+    stage = StageSettings(max_minutes=24.0, reserve_minutes=13.0)
+    assert stage_minutes_cap("c", stage, 150.0, 100.0, warnings.append) == 24.0  # the stage's own cap is earlier
+    assert stage_minutes_cap("c", stage, 150.0, 115.05, warnings.append) == 21.95  # a slower machine: fewer minutes
+    assert stage_minutes_cap("c", StageSettings(reserve_minutes=13.0), 150.0, 115.0, warnings.append) == 22.0
+    assert stage_minutes_cap("c", stage, None, 140.0, warnings.append) == 24.0  # no budget
+    assert stage_minutes_cap("c", StageSettings(max_minutes=24.0), 150.0, 140.0, warnings.append) == 24.0
+    assert not warnings
+    assert stage_minutes_cap("c", stage, 150.0, 140.0, warnings.append) == 1.0  # spent: train briefly, say so
+    assert len(warnings) == 1 and "run over" in warnings[0] and "140.0" in warnings[0]
+    # In the recipe: only the stage with a reserve gets the budget's cap, recorded in the timeline and the stage's
+    # training config (the smoke stages have no max_minutes of their own).
+    timeline = json.loads((smoke_run / "timeline.json").read_text())["steps"]
+    for name in ShapesTinyConfig.STAGES:
+        train = json.loads((smoke_run / name / "export" / "training_config.json").read_text())["train"]
+        if name == "continued":
+            assert train["max_minutes"] == timeline[name]["max_minutes"]
+            reserve = shapes_tiny_smoke_config().continued.reserve_minutes
+            assert reserve and 1.0 < train["max_minutes"] <= 150.0 - reserve
+        else:
+            assert train["max_minutes"] is None and "max_minutes" not in timeline[name]
+    with pytest.raises(ValueError, match="budget_minutes must be > 0.*-5"):
+        resolve_shapes_config("shapes-tiny", ["budget_minutes=-5"])
+    with pytest.raises(ValueError, match="continued.reserve_minutes must be >= 0.*-1"):
+        resolve_shapes_config("shapes-tiny", ["continued.reserve_minutes=-1"])
+    assert resolve_shapes_config("shapes-tiny", ["budget_minutes=null"]).budget_minutes is None
 
 
 def test_smoke_model_loads_with_x4_vae(smoke_run: Path):

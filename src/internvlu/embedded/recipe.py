@@ -155,6 +155,9 @@ class StageSettings:
     # its share of the stage's t2i draws.
     extra_samples: int = 0
     extra_t2i_categories: list[str] = dataclasses.field(default_factory=list)
+    # Minutes held back for the steps after this stage: it also stops once the recipe has used
+    # `ShapesTinyConfig.budget_minutes - reserve_minutes` (None: only `max_minutes` caps it).
+    reserve_minutes: float | None = None
 
 
 def _understanding_stage() -> StageSettings:
@@ -186,10 +189,14 @@ def _continued_stage() -> StageSettings:
     # copied white background) and 500 more steps (the budget's spare minutes): edit 0.47 -> 0.50 on the recipe's
     # 200 edits (seed 0), GenEval 0.895 -> 0.914; with evaluation seed 1 edit 0.44 -> 0.475: a small gain, below
     # the ~0.05 spread between draws (docs/embedded.md, session 11).
+    # Session 12: the stage ends early enough that what follows it (eval, `unified`, evals: 11.2 min in session 11,
+    # 13.2 min on the slower machine of session 12) still fits in the recipe's 150 minutes (reserve_minutes). The
+    # same settings took 22.6 min at 0.38 s per step in session 11 and hit the 24-minute cap at 0.43 s per step
+    # (3,309 steps) in session 12.
     return StageSettings(
         steps=3500, max_minutes=24.0, lr=1e-3, batch_size=16,
         task_weights={"edit": 4.0, "t2i": 1.0, "think": 1.0}, trainable=["generation_decoder"],
-        edit_region_weight=3.0,
+        edit_region_weight=3.0, reserve_minutes=14.0,
     )  # fmt: skip
 
 
@@ -263,6 +270,10 @@ class ShapesTinyConfig:
     # stages see the data about once (the on-the-fly encode costs the same), so off by default.
     precompute_latents: bool = False
     install_to: str | None = None  # copy the final model folder here (e.g. src/internvlu/assets/shapes-tiny)
+    # The whole recipe's wall-clock budget (the timeline's minutes; a resumed run counts its earlier steps). A stage
+    # with `reserve_minutes` trains fewer steps on a slower machine instead of the recipe running over (its cosine
+    # schedule follows the earlier cap). None: no budget.
+    budget_minutes: float | None = 150.0
     stop_after: str | None = (
         None  # pilots: stop after this step (synth, tokenizer, vae, init, latents, a stage)
     )
@@ -292,8 +303,13 @@ class ShapesTinyConfig:
         self.world.shapes_config().validate()
         self.vae.decoder.validate()
         self.vision.validate()
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            raise ValueError(f"budget_minutes must be > 0 (or None for no budget), got {self.budget_minutes}")
         for name in self.STAGES:
-            _check_extra_data(name, getattr(self, name))
+            stage = getattr(self, name)
+            _check_extra_data(name, stage)
+            if stage.reserve_minutes is not None and not stage.reserve_minutes >= 0:
+                raise ValueError(f"{name}.reserve_minutes must be >= 0 (or None), got {stage.reserve_minutes}")
         known = ("synth", "tokenizer", "vae", "decoder", "init", "vision", "latents", *self.STAGES)
         if self.stop_after is not None and self.stop_after not in known:
             raise ValueError(f"stop_after={self.stop_after!r}; known steps: {known}")
@@ -461,6 +477,26 @@ def _vae_images(cfg: ShapesTinyConfig) -> torch.Tensor:
             continue
         images += [np.asarray(ref.load().convert("RGB")) for ref in s.all_images()]
     return images_to_tensor(images[: cfg.vae.num_images])
+
+
+MIN_STAGE_MINUTES = 1.0  # a stage whose budget is spent still trains this long (and the recipe runs over)
+
+
+def stage_minutes_cap(
+    name: str, stage: StageSettings, budget: float | None, used: float, warn: Callable[[str], None]
+) -> float | None:
+    """The stage's time cap: its `max_minutes`, lowered so that `reserve_minutes` of `budget` are left after it."""
+    if budget is None or stage.reserve_minutes is None:
+        return stage.max_minutes
+    left = budget - used - stage.reserve_minutes
+    cap = left if stage.max_minutes is None else min(stage.max_minutes, left)
+    if cap < MIN_STAGE_MINUTES:
+        warn(
+            f"{name}: {used:.1f} of budget_minutes={budget} used, {stage.reserve_minutes} reserved for the later "
+            f"steps: training {MIN_STAGE_MINUTES} min, the recipe will run over its budget"
+        )
+        cap = MIN_STAGE_MINUTES
+    return round(cap, 3)
 
 
 def _stage_data_dir(out: Path, name: str) -> Path:
@@ -723,9 +759,14 @@ def run_shapes_recipe(cfg: ShapesTinyConfig, log: Callable[[str], None] | None =
         tc = _stage_config(cfg, name, stage, current, out)
 
         def run_stage(tc=tc, stage=stage, name=name) -> dict[str, Any]:
-            extra = {}
+            t0 = time.perf_counter()
+            extra: dict[str, Any] = {}
             if stage.extra_samples:
                 extra = {"extra_samples": stage_synth(name, stage)}
+            used = tl.minutes + (time.perf_counter() - t0) / 60
+            tc.train.max_minutes = stage_minutes_cap(name, stage, cfg.budget_minutes, used, say)
+            if stage.reserve_minutes is not None:
+                extra["max_minutes"] = tc.train.max_minutes
             with single_frame_convs_everywhere():  # exact 2-D path for the frozen VAE's one-frame encodes
                 result = Trainer(tc).train()
             last = result.history[-1] if result.history else {}
