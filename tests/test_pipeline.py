@@ -318,7 +318,17 @@ def test_checkpoint_sets_default_guidance_and_shift(pipe):
         config.flow_shift = 1.0
         result = pipe.generate("a cat", seed=0, progress=False, **kw)
         assert (result.settings["all_cfg_scale"], result.settings["part_cfg_scale"]) == (2.0, 1.0)
+        assert result.settings["timestep_shift"] == 1.0
         assert np.array_equal(np.asarray(result.images[0]), np.asarray(explicit))
+        # The typed call takes the shift too: naming the default gives the same image, another shift another one.
+        named = pipe.generate("a cat", seed=0, progress=False, timestep_shift=1.0, **kw)
+        assert np.array_equal(np.asarray(named.images[0]), np.asarray(explicit))
+        other = pipe.generate("a cat", seed=0, progress=False, timestep_shift=3.0, **kw)
+        assert other.settings["timestep_shift"] == 3.0
+        assert not np.array_equal(np.asarray(other.images[0]), np.asarray(explicit))
+        for bad in (0, -1.0, "2", True):
+            with pytest.raises(ValueError, match=f"timestep_shift must be a number > 0, got {bad!r}"):
+                pipe.generate("a cat", seed=0, progress=False, timestep_shift=bad, **kw)
         config.extra["default_image_guidance"] = [2.0]
         with pytest.raises(ValueError, match="default_image_guidance"):
             pipe.generate("a cat", seed=0, progress=False, **kw)

@@ -534,6 +534,7 @@ class InternVLUPipeline:
         system_prompt: str | None = None,
         max_thought_tokens: int = DEFAULT_THINK_TOKENS,
         progress: bool | None = None,
+        timestep_shift: float | None = None,
     ) -> ImageResult:
         """Text-to-image (or, with `images`, image-conditioned generation).
 
@@ -544,7 +545,12 @@ class InternVLUPipeline:
             all_cfg_scale, part_cfg_scale: guidance on the full condition and on the images-only
                 condition (defaults 4.5 / 2.0, think 3.5 / 1.5).
             seed / generator: noise source (seed makes a CPU generator; same seed, same images).
+            timestep_shift: flow shift of the sampler's sigmas (default: the checkpoint's `flow_shift`).
         """
+        if timestep_shift is not None and (
+            isinstance(timestep_shift, bool) or not isinstance(timestep_shift, (int, float)) or not timestep_shift > 0
+        ):
+            raise ValueError(f"timestep_shift must be a number > 0, got {timestep_shift!r}")
         if height is None and width is None:
             height = self.generation_decoder.config.gen_image_height
             width = self.generation_decoder.config.gen_image_width
@@ -559,6 +565,7 @@ class InternVLUPipeline:
             system_prompt=system_prompt, text_kw={"max_new_tokens": max_thought_tokens}, progress=progress,
             num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
             all_cfg_scale=all_cfg_scale, part_cfg_scale=part_cfg_scale, generator=generator,
+            timestep_shift=timestep_shift,
         )  # fmt: skip
         guidance = self.default_guidance(think)
         return ImageResult(
@@ -573,6 +580,7 @@ class InternVLUPipeline:
                 "num_images_per_prompt": num_images_per_prompt,
                 "all_cfg_scale": guidance[0] if all_cfg_scale is None else all_cfg_scale,
                 "part_cfg_scale": guidance[1] if part_cfg_scale is None else part_cfg_scale,
+                "timestep_shift": self.default_timestep_shift() if timestep_shift is None else float(timestep_shift),
                 "seed": seed,
             },
         )
