@@ -329,6 +329,8 @@ def test_checkpoint_sets_default_guidance_and_shift(pipe):
         for bad in (0, -1.0, "2", True):
             with pytest.raises(ValueError, match=f"timestep_shift must be a number > 0, got {bad!r}"):
                 pipe.generate("a cat", seed=0, progress=False, timestep_shift=bad, **kw)
+            with pytest.raises(ValueError, match=f"timestep_shift must be a number > 0, got {bad!r}"):
+                pipe("a cat", generation_mode="image", timestep_shift=bad, progress=False, **kw)
         config.extra["default_image_guidance"] = [2.0]
         with pytest.raises(ValueError, match="default_image_guidance"):
             pipe.generate("a cat", seed=0, progress=False, **kw)

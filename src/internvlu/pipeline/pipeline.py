@@ -547,10 +547,6 @@ class InternVLUPipeline:
             seed / generator: noise source (seed makes a CPU generator; same seed, same images).
             timestep_shift: flow shift of the sampler's sigmas (default: the checkpoint's `flow_shift`).
         """
-        if timestep_shift is not None and (
-            isinstance(timestep_shift, bool) or not isinstance(timestep_shift, (int, float)) or not timestep_shift > 0
-        ):
-            raise ValueError(f"timestep_shift must be a number > 0, got {timestep_shift!r}")
         if height is None and width is None:
             height = self.generation_decoder.config.gen_image_height
             width = self.generation_decoder.config.gen_image_width
@@ -686,6 +682,8 @@ class InternVLUPipeline:
         part_cfg = default_part if part_cfg_scale is None else float(part_cfg_scale)
         if timestep_shift is None:
             timestep_shift = self.default_timestep_shift()
+        elif isinstance(timestep_shift, bool) or not isinstance(timestep_shift, (int, float)) or not timestep_shift > 0:
+            raise ValueError(f"timestep_shift must be a number > 0, got {timestep_shift!r}")
         mode = "text_image" if think else "image"
         with self._lock:
             proc = self.processor(
