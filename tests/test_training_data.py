@@ -23,7 +23,7 @@ from internvlu.training.batching import (
     target_size,
 )
 from internvlu.training.config import DataConfig, DropConfig, LossConfig, ResolutionConfig
-from internvlu.training.dataset import MixtureSampler, TaskIndex, load_index
+from internvlu.training.dataset import LengthGroupedSampler, MixtureSampler, TaskIndex, load_index
 from internvlu.training.losses import IGNORE_INDEX
 from internvlu.training.model_factory import build_processor, build_tokenizer, tiny_arch
 from internvlu.training.toy_data import toy_samples
@@ -201,6 +201,59 @@ def test_mixture_sampler_is_deterministic_weighted_and_resumable() -> None:
     c = MixtureSampler(counts, weights, seed=1)
     c.load_state_dict(json.loads(json.dumps(b.state_dict())))
     assert c.take(100) == plans[1234:1334]
+
+
+def test_length_grouping_pads_less_keeps_the_samples_and_resumes_inside_a_group(processor) -> None:
+    index = TaskIndex(toy_samples(40))
+    weights = {"t2i": 1, "edit": 1, "understanding": 1, "think": 1}
+    builder = BatchBuilder(processor, DataConfig(resolution=ResolutionConfig(mode="fixed", size=64)), LossConfig(), 0)
+
+    def length(p) -> int:
+        return builder.row_length(index.get(p.task, p.record), p.index)
+
+    def grouped() -> LengthGroupedSampler:
+        return LengthGroupedSampler(MixtureSampler(index.counts(), weights, seed=3), 4, length)
+
+    plain = MixtureSampler(index.counts(), weights, seed=3)
+    a = grouped()
+    plain_batches = [plain.take(8) for _ in range(8)]
+    batches = [a.take(8) for _ in range(8)]
+    # Each group of 4 steps uses exactly the samples the plain sampler draws for them, in another grouping.
+    for g in (0, 4):
+        assert sorted(p.index for b in batches[g : g + 4] for p in b) == list(range(g * 8, g * 8 + 32))
+        assert sorted(p.index for b in plain_batches[g : g + 4] for p in b) == list(range(g * 8, g * 8 + 32))
+    assert batches != plain_batches
+
+    def padded(bs) -> float:  # padded tokens / real tokens, as BatchBuilder._collate pads
+        lengths = [[length(p) for p in b] for b in bs]
+        return sum(max(x) * len(x) for x in lengths) / sum(sum(x) for x in lengths)
+
+    assert padded(batches) < padded(plain_batches)
+    # The rendered rows have exactly the lengths the grouping sorted by.
+    batch = builder.build(batches[0], index)
+    assert batch.attention_mask.sum(1).tolist() == [length(p) for p in batches[0]]
+    # Resume after 2 of a group's 4 batches (state through JSON), and at a group boundary.
+    for done in (2, 4, 6):
+        b = grouped()
+        for _ in range(done):
+            b.take(8)
+        c = grouped()
+        c.load_state_dict(json.loads(json.dumps(b.state_dict())))
+        assert [c.take(8) for _ in range(8 - done)] == batches[done:]
+    # Epoch counts follow the samples used so far, not the whole planned group.
+    b = grouped()
+    b.take(8)
+    assert sum(b.state_dict()["taken"].values()) == 8
+    # A state saved inside a group refuses a sampler that groups differently (or not at all).
+    b = grouped()
+    b.take(8)
+    with pytest.raises(ValueError, match="group_by_length=4"):
+        MixtureSampler(index.counts(), weights, seed=3).load_state_dict(b.state_dict())
+    other = LengthGroupedSampler(MixtureSampler(index.counts(), weights, seed=3), 2, length)
+    with pytest.raises(ValueError, match="group_by_length=4"):
+        other.load_state_dict(b.state_dict())
+    with pytest.raises(ValueError, match="group_by_length must be >= 1, got 0"):
+        LengthGroupedSampler(MixtureSampler(index.counts(), weights, seed=3), 0, length)
 
 
 def _solid(rgb: tuple[int, int, int]) -> Image.Image:

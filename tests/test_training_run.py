@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -204,6 +205,25 @@ def test_sigkill_while_checkpointing_then_resume_ends_with_the_same_weights(tmp_
     assert np.allclose(
         [r["loss"] for r in _metrics(killed)], [r["loss"] for r in _metrics(reference)], rtol=LOSS_RTOL
     )
+
+
+def test_length_grouped_batches_resume_inside_a_group_to_the_same_weights(tmp_path: Path) -> None:
+    # Groups of 4 steps with checkpoints every 3: the step-3 checkpoint lies inside the first group.
+    common = ["train.steps=6", "checkpoint.every=3", "checkpoint.keep_last=3", "checkpoint.export_final=false",
+              "data.group_by_length=4", "data.num_workers=2"]  # fmt: skip
+    out = tmp_path / "run"
+    Trainer(_config("tiny", out, *common)).train()
+    ckpts = out / "checkpoints"
+    reference = _weights(ckpts / "step-00000006")
+    losses = [r["loss"] for r in _metrics(out)]
+    state = json.loads((ckpts / "step-00000003" / "trainer_state.json").read_text())
+    assert state["sampler"]["group"]["consumed"] == 3
+    shutil.rmtree(ckpts / "step-00000006")
+    (ckpts / "latest").write_text("step-00000003\n")
+    resumed = Trainer(_config("tiny", out, *common)).train()
+    assert resumed.history[0]["step"] == 4
+    assert _max_diff(_weights(ckpts / "step-00000006"), reference) < WEIGHT_ATOL
+    assert np.allclose([r["loss"] for r in _metrics(out)], losses, rtol=LOSS_RTOL)
 
 
 def test_lora_trains_adapters_only_and_merges_into_the_official_keys(tmp_path: Path) -> None:

@@ -158,6 +158,8 @@ class StageSettings:
     # Minutes held back for the steps after this stage: it also stops once the recipe has used
     # `ShapesTinyConfig.budget_minutes - reserve_minutes` (None: only `max_minutes` caps it).
     reserve_minutes: float | None = None
+    # DataConfig.group_by_length: plan this many batches at once and batch rows of similar length together.
+    group_by_length: int = 1
 
 
 def _understanding_stage() -> StageSettings:
@@ -536,6 +538,7 @@ def _stage_config(cfg: ShapesTinyConfig, name: str, stage: StageSettings, init: 
             check_images=False,
             num_workers=1,
             latent_cache=str(out / "latents") if cfg.precompute_latents else None,
+            group_by_length=stage.group_by_length,
         ),
         loss=LossConfig(
             ntp_weight=stage.ntp_weight,

@@ -312,6 +312,12 @@ class BatchBuilder:
         noise_seed = int(rng.integers(0, 2**62))
         return drop, sigma, noise_seed
 
+    def row_length(self, sample: Sample, index: int) -> int:
+        """Tokens of the row `build` renders for global sample `index` (its drop decision included)."""
+        drop, _, _ = self.decisions(sample, index)
+        with self._tokenizer_lock:
+            return len(render_sample(sample, drop, self.processor).input_ids)
+
     def build(self, planned: Sequence[PlannedSample], index: TaskIndex) -> TrainBatch:
         rows: list[RenderedRow] = []
         pixels: list[torch.Tensor] = []

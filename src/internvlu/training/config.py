@@ -230,6 +230,8 @@ class DataConfig:
         num_workers: threads that build the next micro-batches (decode, resize, tokenise) ahead of the step.
         max_tokens: refuse rows longer than this many tokens (None: no limit).
         latent_cache: folder of pre-computed VAE posteriors, read (and filled) during training.
+        group_by_length: plan this many global batches at once and batch rows of similar token length together
+            (less padding in the LLM; 1: every batch is drawn as it comes). See dataset.LengthGroupedSampler.
     """
 
     sources: list[str] = dataclasses.field(default_factory=lambda: ["toy"])
@@ -244,6 +246,7 @@ class DataConfig:
     latent_cache: str | None = (
         None  # folder of pre-computed VAE posteriors (latents.py); None: encode every step
     )
+    group_by_length: int = 1
 
     def validate(self) -> None:
         if not self.sources:
@@ -259,6 +262,8 @@ class DataConfig:
             raise ValueError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.group_by_length < 1:
+            raise ValueError(f"data.group_by_length must be >= 1 (1: off), got {self.group_by_length}")
 
 
 @dataclasses.dataclass

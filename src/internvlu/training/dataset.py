@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +271,11 @@ class MixtureSampler:
         return {"next_index": self.next_index, "taken": dict(self.taken), "tasks": list(self.tasks)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "group" in state:
+            raise ValueError(
+                f"the checkpoint was saved inside a group of {state['group']['size']} batches; resume with "
+                f"data.group_by_length={state['group']['size']}"
+            )
         if list(state["tasks"]) != self.tasks:
             raise ValueError(
                 f"the checkpoint's data mixture has tasks {state['tasks']} but this run has {self.tasks}; "
@@ -278,3 +283,94 @@ class MixtureSampler:
             )
         self.next_index = int(state["next_index"])
         self.taken = {t: int(v) for t, v in state["taken"].items()}
+
+
+class LengthGroupedSampler:
+    """Plans `group` global batches at once and cuts them by row length, so that a batch's rows are padded less.
+
+    Rows are right-padded to the longest row of their batch; with VQA rows of ~116-199 tokens and think rows of
+    81-175 mixed at random, ~40% of the understanding stage's LLM tokens were padding (measured on the shapes
+    data). The `group * batch` samples the mixture sampler draws next are sorted by `length(plan)` (ties by sample
+    index), cut into `group` batches of `batch` and handed out in a seeded random order: the same samples in the
+    same number of steps, only their grouping into steps changes (long rows train together, and a batch's task mix
+    follows its lengths). Deterministic, and every process plans the same groups, as with MixtureSampler.
+
+    The state records the mixture sampler's state at the group's start plus how many of its batches were used, so a
+    resumed run replans the group and continues with the next batch of it.
+    """
+
+    def __init__(self, sampler: MixtureSampler, group: int, length: Callable[[PlannedSample], int]) -> None:
+        if group < 1:
+            raise ValueError(f"data.group_by_length must be >= 1, got {group}")
+        self.sampler = sampler
+        self.group = group
+        self.length = length
+        self._queue: list[list[PlannedSample]] = []
+        self._start: dict[str, Any] = sampler.state_dict()
+        self._batch = 0
+        self._consumed = 0
+        self._taken = dict(sampler.taken)
+
+    # The mixture's description, for logs and epoch counts.
+    @property
+    def tasks(self) -> list[str]:
+        return self.sampler.tasks
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.sampler.probs
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.sampler.counts
+
+    def _plan_group(self, batch: int) -> None:
+        self._start = self.sampler.state_dict()
+        plans = self.sampler.take(batch * self.group)
+        plans.sort(key=lambda p: (self.length(p), p.index))
+        chunks = [plans[i : i + batch] for i in range(0, len(plans), batch)]
+        order = np.random.default_rng([self.sampler.seed, 0x6B0C, self._start["next_index"]]).permutation(
+            len(chunks)
+        )
+        self._queue = [chunks[int(i)] for i in order]
+        self._batch = batch
+        self._consumed = 0
+        self._taken = dict(self._start["taken"])
+
+    def take(self, n: int) -> list[PlannedSample]:
+        if self._queue and n != self._batch:
+            raise ValueError(f"LengthGroupedSampler plans batches of {self._batch}, asked for {n}")
+        if not self._queue:
+            self._plan_group(n)
+        chunk = self._queue.pop(0)
+        self._consumed += 1
+        for p in chunk:
+            self._taken[p.task] += 1
+        return chunk
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self._queue:  # at a group boundary: the plain mixture state
+            return self.sampler.state_dict()
+        return {
+            "next_index": self._start["next_index"] + self._consumed * self._batch,
+            "taken": dict(self._taken),  # samples used so far (for epoch counts); `group.start` restores
+            "tasks": list(self.sampler.tasks),
+            "group": {"size": self.group, "batch": self._batch, "consumed": self._consumed, "start": self._start},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        group = state.get("group")
+        if group is None:
+            self.sampler.load_state_dict(state)
+            self._queue = []
+            self._taken = dict(self.sampler.taken)
+            return
+        if int(group["size"]) != self.group:
+            raise ValueError(
+                f"the checkpoint was saved inside a group of {group['size']} batches (data.group_by_length) but "
+                f"this run groups {self.group}; resume with data.group_by_length={group['size']}"
+            )
+        self.sampler.load_state_dict(group["start"])
+        self._plan_group(int(group["batch"]))
+        for _ in range(int(group["consumed"])):
+            self.take(self._batch)

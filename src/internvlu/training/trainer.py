@@ -28,7 +28,13 @@ from internvlu.data.records import BadRecordTracker, RecordError
 from internvlu.training.batching import BatchBuilder, TrainBatch
 from internvlu.training.checkpointing import CheckpointManager
 from internvlu.training.config import TrainConfig
-from internvlu.training.dataset import MixtureSampler, PlannedSample, TaskIndex, load_index
+from internvlu.training.dataset import (
+    LengthGroupedSampler,
+    MixtureSampler,
+    PlannedSample,
+    TaskIndex,
+    load_index,
+)
 from internvlu.training.latents import LatentEncoder
 from internvlu.training.lora import apply_lora, is_lora_parameter
 from internvlu.training.losses import (
@@ -253,7 +259,15 @@ class Trainer:
             good.append(sample)
         self.render_check.finish()
         self.index = TaskIndex(good)
-        self.sampler = MixtureSampler(self.index.counts(), cfg.data.task_weights, cfg.seed)
+        self.sampler: MixtureSampler | LengthGroupedSampler = MixtureSampler(
+            self.index.counts(), cfg.data.task_weights, cfg.seed
+        )
+        if cfg.data.group_by_length > 1:
+            self.sampler = LengthGroupedSampler(
+                self.sampler,
+                cfg.data.group_by_length,
+                lambda p: self.builder.row_length(self.index.get(p.task, p.record), p.index),
+            )
         logger.info(
             "data: %s records by task %s; mixture %s; bad %s",
             len(good),
