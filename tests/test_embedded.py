@@ -14,6 +14,7 @@ from internvlu.defaults import EMBEDDED_MODEL_DIR, embedded_model_path
 from internvlu.embedded.recipe import (
     ShapesTinyConfig,
     WorldSettings,
+    _stage_config,
     embedded_arch,
     resolve_shapes_config,
     run_shapes_recipe,
@@ -113,6 +114,15 @@ def test_recipe_config_overrides_and_validation():
         resolve_shapes_config("shapes-tiny", ["vae.arch.z_dim=4"])
     with pytest.raises(ValueError, match="unknown pipeline recipe"):
         resolve_shapes_config("shapes-huge", [])
+    # micro_batches splits a stage's batch into length-sorted micro-batches of the trainer's config.
+    cfg = resolve_shapes_config("shapes-tiny", ["understanding.micro_batches=2"])
+    train_cfg = _stage_config(cfg, "understanding", cfg.understanding, Path("init"), Path("out"))
+    assert (train_cfg.train.global_batch_size, train_cfg.train.micro_batch_size) == (32, 16)
+    assert train_cfg.data.sort_micro_batches
+    default = _stage_config(cfg, "generation", cfg.generation, Path("init"), Path("out"))
+    assert default.train.micro_batch_size == default.train.global_batch_size and not default.data.sort_micro_batches
+    with pytest.raises(ValueError, match="understanding.micro_batches=3 must be >= 1 and divide"):
+        resolve_shapes_config("shapes-tiny", ["understanding.micro_batches=3"])
 
 
 def test_embedded_arch_token_grids():

@@ -226,6 +226,29 @@ def test_length_grouped_batches_resume_inside_a_group_to_the_same_weights(tmp_pa
     assert np.allclose([r["loss"] for r in _metrics(out)], losses, rtol=LOSS_RTOL)
 
 
+def test_length_sorted_micro_batches_train_like_one_batch_with_less_padding(tmp_path: Path) -> None:
+    common = ["train.steps=3", "train.global_batch_size=8", "checkpoint.every=0", "checkpoint.export_final=false",
+              "logging.progress=false", "train.num_threads=1"]  # fmt: skip
+
+    def first_steps(*extra: str) -> list:
+        trainer = Trainer(_config("tiny", tmp_path / "probe", "train.micro_batch_size=4", *common, *extra))
+        plans = [trainer._plan_step()[0] for _ in range(4)]
+        return [trainer.builder.build(m, trainer.index) for micro in plans for m in micro]
+
+    plain, ordered = first_steps(), first_steps("data.sort_micro_batches=true")
+    assert sorted(i for b in ordered for i in b.indices) == sorted(i for b in plain for i in b.indices)
+    assert sum(b.num_tokens for b in ordered) == sum(b.num_tokens for b in plain)
+    cells = [sum(b.input_ids.numel() for b in batches) for batches in (plain, ordered)]
+    assert cells[1] < cells[0], cells  # the same real tokens in fewer padded cells
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    Trainer(_config("tiny", whole, "train.micro_batch_size=8", *common)).train()
+    Trainer(_config("tiny", split, "train.micro_batch_size=4", "data.sort_micro_batches=true", *common)).train()
+    losses = [[r["loss"] for r in _metrics(run)] for run in (whole, split)]
+    assert np.allclose(losses[1], losses[0], rtol=LOSS_RTOL, atol=0), losses
+    diff = _max_diff(_weights(whole / "checkpoints" / "step-00000003"), _weights(split / "checkpoints" / "step-00000003"))
+    assert diff < WEIGHT_ATOL, diff
+
+
 def test_lora_trains_adapters_only_and_merges_into_the_official_keys(tmp_path: Path) -> None:
     out = tmp_path / "lora"
     trainer = Trainer(_config("stage3-lora-tiny", out, "train.steps=3", "checkpoint.every=0"))

@@ -232,6 +232,10 @@ class DataConfig:
         latent_cache: folder of pre-computed VAE posteriors, read (and filled) during training.
         group_by_length: plan this many global batches at once and batch rows of similar token length together
             (less padding in the LLM; 1: every batch is drawn as it comes). See dataset.LengthGroupedSampler.
+        sort_micro_batches: when a step accumulates several micro-batches, sort the step's rows by token length
+            before splitting them, so that long rows share a micro-batch. The step sees the same samples and (the
+            losses being normalised by the step's global counts) the same gradient, up to float summation order;
+            only the padding shrinks. No effect with one micro-batch per step.
     """
 
     sources: list[str] = dataclasses.field(default_factory=lambda: ["toy"])
@@ -247,6 +251,7 @@ class DataConfig:
         None  # folder of pre-computed VAE posteriors (latents.py); None: encode every step
     )
     group_by_length: int = 1
+    sort_micro_batches: bool = False
 
     def validate(self) -> None:
         if not self.sources:

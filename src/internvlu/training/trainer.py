@@ -266,7 +266,7 @@ class Trainer:
             self.sampler = LengthGroupedSampler(
                 self.sampler,
                 cfg.data.group_by_length,
-                lambda p: self.builder.row_length(self.index.get(p.task, p.record), p.index),
+                self._row_length,
             )
         logger.info(
             "data: %s records by task %s; mixture %s; bad %s",
@@ -318,7 +318,14 @@ class Trainer:
         plans = self.sampler.take(self.config.train.global_batch_size)
         local = plans[self.env.rank :: self.env.world_size]
         mb = self.config.train.micro_batch_size
+        if self.config.data.sort_micro_batches and len(local) > mb:
+            # Same rows, same global loss normalisation: only which rows share a micro-batch (and its padding)
+            # changes. Per-row randomness is keyed by the global sample index, not by the position in the batch.
+            local = sorted(local, key=self._row_length)
         return [local[i : i + mb] for i in range(0, len(local), mb)], self.sampler.state_dict()
+
+    def _row_length(self, plan: PlannedSample) -> int:
+        return self.builder.row_length(self.index.get(plan.task, plan.record), plan.index)
 
     def _submit_step(self) -> tuple[list[Any], dict[str, Any]]:
         micro, state = self._plan_step()
