@@ -133,10 +133,16 @@ def test_batch_chat_and_edit(monkeypatch, tmp_path, capsys):
     records = [json.loads(x) for x in (tmp_path / "chat-out.jsonl").read_text().splitlines()]
     assert all(r["ok"] and isinstance(r["text"], str) for r in records) and "thought" in records[1]
     edits = tmp_path / "edits.jsonl"
-    edits.write_text(json.dumps({"prompt": "make it red", "images": ["in.png"], "steps": 1}) + "\n")
-    assert main(["edit", "--batch", str(edits), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
-    record = json.loads((tmp_path / "edits.results.jsonl").read_text())
-    assert record["ok"] and Image.open(record["paths"][0]).text["internvlu:mode"] == "edit"
+    edits.write_text(json.dumps({"prompt": "make it red", "images": ["in.png"], "steps": 1}) + "\n"
+                     + json.dumps({"prompt": "make it red", "image": "in.png", "steps": 1, "preserve": "on"}) + "\n"
+                     + json.dumps({"prompt": "make it red", "image": "in.png", "steps": 1, "preserve": "yes"}) + "\n")
+    assert main(["edit", "--batch", str(edits), "--out", str(tmp_path / "e"), "--no-progress"]) == EXIT_PARTIAL
+    records = [json.loads(x) for x in (tmp_path / "edits.results.jsonl").read_text().splitlines()]
+    assert records[0]["ok"] and Image.open(records[0]["paths"][0]).text["internvlu:mode"] == "edit"
+    # The parity checkpoint (the release's config) redraws everything unless asked; "on" keeps the unedited part.
+    assert Image.open(records[0]["paths"][0]).text["internvlu:preserve_unedited"] == "false"
+    assert Image.open(records[1]["paths"][0]).text["internvlu:preserve_unedited"] == "true"
+    assert not records[2]["ok"] and "preserve must be one of ['auto', 'off', 'on'], got 'yes'" in records[2]["error"]
 
 
 def test_convert_dtype_and_shards(tmp_path, capsys):

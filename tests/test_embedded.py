@@ -144,6 +144,12 @@ def test_embedded_arch_ships_its_shift_and_guidance():
     assert config.extra["default_image_guidance"] == [3.0, 1.5]
     with pytest.raises(ValueError, match="default_think_guidance"):
         decoder_config(dataclasses.replace(embedded_arch(), default_think_guidance=[3.0]))
+    # Edits keep what the instruction does not touch (docs/embedded.md, session 18); the release's arch says nothing.
+    assert config.extra["default_preserve_unedited"] is True
+    release_like = dataclasses.replace(embedded_arch(), default_preserve_unedited=False)
+    assert "default_preserve_unedited" not in decoder_config(release_like).extra
+    with pytest.raises(TypeError, match="default_preserve_unedited must be true or false, got 'yes'"):
+        dataclasses.replace(embedded_arch(), default_preserve_unedited="yes").validate()
 
 
 # ------------------------------------------------------------------------------------------------ recipe smoke
@@ -353,6 +359,7 @@ def test_shipped_model_every_mode_runs():
     from internvlu.pipeline import InternVLUPipeline
 
     pipe = InternVLUPipeline.from_pretrained(str(SHIPPED), dtype=torch.float32, device="cpu")
+    assert pipe.default_preserve_unedited() is True
     image = pipe.generate("a photo of a red circle", num_inference_steps=4, seed=0).images[0]
     assert image.size == (64, 64)
     assert pipe.chat("<image>\nHow many shapes are there?", images=[image], max_new_tokens=8).text

@@ -338,3 +338,73 @@ def test_checkpoint_sets_default_guidance_and_shift(pipe):
         config.extra.pop("default_image_guidance", None)
         config.flow_shift = 3.0
     assert pipe.default_guidance(False) == (4.5, 2.0)
+
+
+def test_preserve_unedited_keeps_the_source_outside_the_change_mask(pipe, monkeypatch):
+    import internvlu.pipeline.pipeline as pipeline_module
+
+    calls: list = []
+    real = pipeline_module.denoise
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((kwargs.get("blend"), out))
+        return out
+
+    monkeypatch.setattr(pipeline_module, "denoise", spy)
+    img = Image.open(GOLDEN / "inputs" / "img_a.png")
+    config = pipe.generation_decoder.config
+    kw = {"num_inference_steps": 3, "seed": 0}
+    prompts = ["make it red", "make it blue"]
+    assert pipe.default_preserve_unedited() is False  # the release's config has no such key
+    free = pipe.edit(prompts, [img, img], **kw)
+    assert calls[-1][0] is None and free.settings["preserve_unedited"] is False
+    try:
+        # A high threshold keeps the random model's mask small, so there is something outside it.
+        config.extra["preserve_settings"] = {"threshold": 0.9, "dilate": 0}
+        kept = pipe.edit(prompts, [img, img], preserve_unedited=True, **kw)
+        blend, latents = calls[-1]
+        assert blend is not None and 0 < float(blend.mask.mean()) < 0.5
+        outside = ~blend.mask.expand_as(latents).bool()
+        # The sampler's last sigma is 0, so outside the mask the result is the source's latents themselves.
+        assert torch.allclose(latents[outside], blend.source[outside], atol=1e-5)
+        assert not torch.allclose(latents, blend.source, atol=1e-3)
+        assert kept.settings["preserve_unedited"] is True
+        assert not np.array_equal(np.asarray(kept.images[0]), np.asarray(free.images[0]))
+        # The official call takes it too, and the checkpoint's default turns it on for every edit.
+        h, w = kept.size  # the official call draws at the checkpoint's size unless told the input's
+        official = pipe(prompts, image=[img, img], generation_mode="image", preserve_unedited=True, height=h, width=w,
+                        generator=torch.Generator().manual_seed(0), num_inference_steps=3)  # fmt: skip
+        assert np.array_equal(np.asarray(official.images[0]), np.asarray(kept.images[0]))
+        config.extra["default_preserve_unedited"] = True
+        default = pipe.edit(prompts, [img, img], **kw)
+        assert default.settings["preserve_unedited"] is True
+        assert np.array_equal(np.asarray(default.images[1]), np.asarray(kept.images[1]))
+        off = pipe.edit(prompts, [img, img], preserve_unedited=False, **kw)
+        assert np.array_equal(np.asarray(off.images[0]), np.asarray(free.images[0]))
+        # Where it cannot apply, the default quietly stays off (text-to-image, several inputs) ...
+        pipe.generate("a cat", height=32, width=32, **kw)
+        assert calls[-1][0] is None
+        # ... but asking for it is an error that says why.
+        with pytest.raises(ValueError, match="cannot apply: output 0 has 0 input images"):
+            pipe.generate("a cat", height=32, width=32, preserve_unedited=True, **kw)
+        img_b = Image.open(GOLDEN / "inputs" / "img_b.png")
+        with pytest.raises(ValueError, match="output 0 has 2 input images; it needs exactly one"):
+            pipe.edit("merge", [img, img_b], height=96, width=96, preserve_unedited=True, **kw)
+        with pytest.raises(ValueError, match="at the input image's size"):
+            pipe.edit("make it red", img, height=48, width=48, preserve_unedited=True, **kw)
+        with pytest.raises(TypeError, match="preserve_unedited must be True, False or None, got 'yes'"):
+            pipe.edit("make it red", img, preserve_unedited="yes", **kw)
+        config.extra["default_preserve_unedited"] = "yes"
+        with pytest.raises(TypeError, match="default_preserve_unedited must be true or false, got 'yes'"):
+            pipe.edit("make it red", img, **kw)
+        config.extra["default_preserve_unedited"] = True
+        config.extra["preserve_settings"] = {"threshold": 2.0}
+        with pytest.raises(ValueError, match="threshold must be in \\[0, 1\\), got 2.0"):
+            pipe.edit("make it red", img, **kw)
+        config.extra["preserve_settings"] = {"radius": 2}
+        with pytest.raises(ValueError, match="unknown keys \\['radius'\\]"):
+            pipe.edit("make it red", img, **kw)
+    finally:
+        config.extra.pop("preserve_settings", None)
+        config.extra.pop("default_preserve_unedited", None)

@@ -75,6 +75,8 @@ class DrawOptions:
         part_cfg: guidance on the image condition, part_cfg_scale (default 2.0; think 1.5)
         max_thought_tokens: longest chain of thought in think mode
         seed: random seed (same seed and settings, same images)
+        preserve: edits: keep the pixels the instruction does not act on (an automatic change mask):
+            auto = the model's default (on for the embedded model, off for the release), on, off
         out: folder for the PNGs (files are never overwritten)
         no_progress: hide the progress bars
     """
@@ -88,6 +90,7 @@ class DrawOptions:
     part_cfg: float | None = None
     max_thought_tokens: int = 200
     seed: int = 0
+    preserve: Literal["auto", "on", "off"] = "auto"
     out: str = "outputs"
     no_progress: bool = False
 
@@ -239,8 +242,16 @@ def _draw_kwargs(opts: DrawOptions, overrides: dict[str, Any]) -> dict[str, Any]
         "think": bool(get("think")), "height": get("height"), "width": get("width"),
         "num_inference_steps": get("steps"), "num_images_per_prompt": get("num_images"),
         "all_cfg_scale": get("cfg"), "part_cfg_scale": get("part_cfg"), "seed": get("seed"),
-        "max_thought_tokens": get("max_thought_tokens"),
+        "max_thought_tokens": get("max_thought_tokens"), "preserve_unedited": _preserve_flag(get("preserve")),
     }  # fmt: skip
+
+
+def _preserve_flag(value: Any) -> bool | None:
+    """--preserve / a batch line's "preserve": auto -> None (the model's default), on -> True, off -> False."""
+    choices = {"auto": None, "on": True, "off": False}
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"preserve must be one of {sorted(choices)}, got {value!r}")
+    return choices[value]
 
 
 def _draw(prompt: str | None, images: list[str], opts: DrawOptions, model: ModelOptions, batch: BatchOptions,
@@ -267,7 +278,7 @@ def _draw(prompt: str | None, images: list[str], opts: DrawOptions, model: Model
 
         base = Path(batch.batch).parent
         allowed = {"id", "prompt", "think", "height", "width", "steps", "num_images", "cfg", "part_cfg", "seed",
-                   "max_thought_tokens", *(("image", "images") if mode == "edit" else ())}  # fmt: skip
+                   "max_thought_tokens", "preserve", *(("image", "images") if mode == "edit" else ())}  # fmt: skip
 
         def handle(req: dict[str, Any], line: int) -> dict[str, Any]:
             check_keys(req, allowed, line)

@@ -249,7 +249,7 @@ def embedded_arch() -> ModelArch:
         dit_layers=4, dit_heads=4, dit_head_dim=32, dit_axes_rope=[8, 12, 12],
         vae_base_dim=8, vae_res_blocks=1, vae_z_dim=8, vae_dim_mult=[1, 2, 2], vae_temperal_downsample=[False, True],
         dit_vlm_cond_scale=1.0, dit_timestep_scale=0.001, gen_min_side=64, gen_max_side=64, gen_default_size=64, flow_shift=1.0,
-        default_image_guidance=[3.0, 1.5], default_think_guidance=[3.0, 1.5],
+        default_image_guidance=[3.0, 1.5], default_think_guidance=[3.0, 1.5], default_preserve_unedited=True,
     )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from ..constants import (
 from ..processing.images import load_image
 from ..sampling.denoise import denoise
 from ..sampling.guidance import NORM_TRUNC_TIMESTEP
+from ..sampling.preserve import PreserveSettings, SourceBlend, change_mask
 from ..sampling.samplers import SamplerOptions, StepCache, build_scheduler
 from . import stages
 from .loading import (
@@ -76,6 +77,7 @@ IMAGE_KWARGS = (
     "width",
     "generator",
     "timestep_shift",
+    "preserve_unedited",
 )
 # Guidance defaults of the reference: image mode, and think (text_image) mode.
 IMAGE_GUIDANCE = (4.5, 2.0)
@@ -421,7 +423,7 @@ class InternVLUPipeline:
         `image` is given) or "text_image" (think first, then draw). Keyword arguments are those of
         the reference (system_prompt, max_new_tokens, do_sample, temperature, top_p, num_beams,
         num_inference_steps, num_images_per_prompt, all_cfg_scale, part_cfg_scale, height, width,
-        generator) plus `progress` (bool) and `timestep_shift`.
+        generator) plus `progress` (bool), `timestep_shift` and `preserve_unedited`.
         """
         if generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, got {generation_mode!r}")
@@ -535,6 +537,7 @@ class InternVLUPipeline:
         max_thought_tokens: int = DEFAULT_THINK_TOKENS,
         progress: bool | None = None,
         timestep_shift: float | None = None,
+        preserve_unedited: bool | None = None,
     ) -> ImageResult:
         """Text-to-image (or, with `images`, image-conditioned generation).
 
@@ -546,6 +549,11 @@ class InternVLUPipeline:
                 condition (defaults 4.5 / 2.0, think 3.5 / 1.5).
             seed / generator: noise source (seed makes a CPU generator; same seed, same images).
             timestep_shift: flow shift of the sampler's sigmas (default: the checkpoint's `flow_shift`).
+            preserve_unedited: edits only: keep the pixels the instruction does not act on (an automatic
+                change mask; outside it the source is kept, see `internvlu.sampling.preserve`). Needs one
+                input image per prompt drawn at its own size. Default: the checkpoint's
+                `default_preserve_unedited` (off for the release; on for the embedded model), applied
+                where it can be.
         """
         if height is None and width is None:
             height = self.generation_decoder.config.gen_image_height
@@ -561,7 +569,7 @@ class InternVLUPipeline:
             system_prompt=system_prompt, text_kw={"max_new_tokens": max_thought_tokens}, progress=progress,
             num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
             all_cfg_scale=all_cfg_scale, part_cfg_scale=part_cfg_scale, generator=generator,
-            timestep_shift=timestep_shift,
+            timestep_shift=timestep_shift, preserve_unedited=preserve_unedited,
         )  # fmt: skip
         guidance = self.default_guidance(think)
         return ImageResult(
@@ -577,6 +585,9 @@ class InternVLUPipeline:
                 "all_cfg_scale": guidance[0] if all_cfg_scale is None else all_cfg_scale,
                 "part_cfg_scale": guidance[1] if part_cfg_scale is None else part_cfg_scale,
                 "timestep_shift": self.default_timestep_shift() if timestep_shift is None else float(timestep_shift),
+                "preserve_unedited": (
+                    self.default_preserve_unedited() if preserve_unedited is None else preserve_unedited
+                ),
                 "seed": seed,
             },
         )
@@ -655,6 +666,28 @@ class InternVLUPipeline:
         release's config says 3.0, the reference's fixed value)."""
         return float(self.generation_decoder.config.flow_shift)
 
+    def default_preserve_unedited(self) -> bool:
+        """Whether edits keep the unchanged pixels when a call does not say: the checkpoint's
+        `default_preserve_unedited` (absent, so False, in the release's config)."""
+        value = self.generation_decoder.config.extra.get("default_preserve_unedited", False)
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"generation_decoder config default_preserve_unedited must be true or false, got {value!r}"
+            )
+        return value
+
+    def preserve_settings(self) -> PreserveSettings:
+        """The change-mask settings: the checkpoint's `preserve_settings` mapping, else the defaults."""
+        value = self.generation_decoder.config.extra.get("preserve_settings") or {}
+        if not isinstance(value, Mapping):
+            raise TypeError(f"generation_decoder config preserve_settings must be a mapping, got {value!r}")
+        unknown = set(value) - {f.name for f in dataclasses.fields(PreserveSettings)}
+        if unknown:
+            raise ValueError(
+                f"generation_decoder config preserve_settings has unknown keys {sorted(unknown)}"
+            )
+        return PreserveSettings(**value)
+
     def _draw(
         self,
         prompt,
@@ -672,6 +705,7 @@ class InternVLUPipeline:
         part_cfg_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         timestep_shift: float | None = None,
+        preserve_unedited: bool | None = None,
     ) -> tuple[list[Image.Image], torch.Tensor | None, list[str] | None]:
         """Generate (or edit) images; in think mode write the thought first. Returns (images, ids, thoughts)."""
         _check_positive_int("num_inference_steps", num_inference_steps)
@@ -684,6 +718,11 @@ class InternVLUPipeline:
             timestep_shift = self.default_timestep_shift()
         elif isinstance(timestep_shift, bool) or not isinstance(timestep_shift, (int, float)) or not timestep_shift > 0:
             raise ValueError(f"timestep_shift must be a number > 0, got {timestep_shift!r}")
+        if preserve_unedited is not None and not isinstance(preserve_unedited, bool):
+            raise TypeError(f"preserve_unedited must be True, False or None, got {preserve_unedited!r}")
+        # None: the checkpoint's default, used only where it applies; True: asked for, so an error where it can't.
+        auto = preserve_unedited is None and self.default_preserve_unedited()
+        preserve = "auto" if auto else preserve_unedited
         mode = "text_image" if think else "image"
         with self._lock:
             proc = self.processor(
@@ -738,7 +777,7 @@ class InternVLUPipeline:
                         known_rows = dict(enumerate(zip(*known)))
             latents = self._sample_latents(
                 proc, input_ids, attention_mask, num_inference_steps, num_images_per_prompt,
-                all_cfg, part_cfg, generator, timestep_shift, progress, known_rows,
+                all_cfg, part_cfg, generator, timestep_shift, progress, known_rows, preserve,
             )  # fmt: skip
             with self._using(self.vae):
                 pixels = stages.decode_latents(self.vae, latents.to(self.device))
@@ -833,7 +872,8 @@ class InternVLUPipeline:
 
     @torch.no_grad()
     def _sample_latents(
-        self, proc, input_ids, attention_mask, steps, n, all_cfg, part_cfg, generator, shift, progress, known=None
+        self, proc, input_ids, attention_mask, steps, n, all_cfg, part_cfg, generator, shift, progress, known=None,
+        preserve: bool | str | None = None,
     ) -> torch.Tensor:
         B = proc.num_prompts
         R = 3 * B
@@ -914,6 +954,19 @@ class InternVLUPipeline:
                 return chunks[0], chunks[1], chunks[2]
             return chunks[0], chunks[1], chunks[1]  # text-dropped row == all-dropped row
 
+        blend = None
+        if preserve:
+            # Source latents per output image, in the conditional block's row order; None where it can't apply.
+            source = _single_sources([ref_latents[order[i]] for i in range(B * n)], (h_l, w_l))
+            if isinstance(source, str):
+                if preserve != "auto":
+                    raise ValueError(f"preserve_unedited=True cannot apply: {source}")
+            else:
+                source = source.to(device)
+                settings = self.preserve_settings()
+                noises = [_noise(tuple(latents.shape), generator, device) for _ in range(settings.draws)]
+                blend = SourceBlend(change_mask(velocity, source, noises, settings), source, latents.clone())
+
         scheduler = build_scheduler(self.scheduler, self.sampler, shift)
         scheduler.set_timesteps(steps, device=device)
         bar = None
@@ -927,7 +980,7 @@ class InternVLUPipeline:
             return denoise(
                 velocity, scheduler, latents, all_cfg, part_cfg, NORM_TRUNC_TIMESTEP,
                 on_step=(lambda i, total: bar.update(1)) if bar is not None else None,
-                step_cache=self.sampler.step_cache,
+                step_cache=self.sampler.step_cache, blend=blend,
             )  # fmt: skip
         finally:
             if bar is not None:
@@ -955,6 +1008,19 @@ def _target_device(device: str | torch.device, gpu_id: int | None) -> torch.devi
     if target.type == "cuda" and gpu_id is not None:
         target = torch.device("cuda", gpu_id)
     return target
+
+
+def _single_sources(refs: list[list[torch.Tensor]], size: tuple[int, int]) -> torch.Tensor | str:
+    """Stack each output's one source latent [C, h, w] into [N, C, h, w] fp32, or say why that is impossible."""
+    for i, row in enumerate(refs):
+        if len(row) != 1:
+            return f"output {i} has {len(row)} input images; it needs exactly one"
+        if tuple(row[0].shape[1:]) != size:
+            return (
+                f"output {i}'s input image has latent size {tuple(row[0].shape[1:])} and the output {size}; "
+                "draw the edit at the input image's size (`edit` does when height and width are unset)"
+            )
+    return torch.stack([row[0] for row in refs]).float()
 
 
 def _noise(shape: tuple[int, ...], generator, device: torch.device) -> torch.Tensor:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from .guidance import NORM_TRUNC_TIMESTEP, combine_guidance
+from .preserve import SourceBlend
 from .samplers import StepCache
 
 # velocity_fn(latents [N, C, H, W] fp32, timestep int) -> (v_cond, v_text_dropped, v_uncond), each [N, C, H, W]
@@ -27,6 +28,7 @@ def denoise(
     norm_trunc_timestep: int = NORM_TRUNC_TIMESTEP,
     on_step: Callable[[int, int], None] | None = None,
     step_cache: StepCache | None = None,
+    blend: SourceBlend | None = None,
 ) -> torch.Tensor:
     """Run the scheduler's timesteps and return the final latents.
 
@@ -36,6 +38,8 @@ def denoise(
         latents: initial noise [N, C, H, W] (fp32).
         on_step: called as on_step(step_index, total_steps) after every step (progress bars).
         step_cache: when given, steps it does not select reuse the last computed rows.
+        blend: when given, after every step the pixels outside its mask are put back on the source's path
+            at the step's new noise level (`scheduler.sigmas[i + 1]`; see `preserve.py`).
     """
     timesteps = scheduler.timesteps
     total = len(timesteps)
@@ -46,6 +50,8 @@ def denoise(
             rows = (v_c.float(), v_p.float(), v_u.float())
         v = combine_guidance(*rows, int(t), all_cfg_scale, part_cfg_scale, norm_trunc_timestep)
         latents = scheduler.step(v, t, latents, return_dict=False)[0]
+        if blend is not None:
+            latents = blend.apply(latents, float(scheduler.sigmas[i + 1]))
         if on_step is not None:
             on_step(i + 1, total)
     return latents

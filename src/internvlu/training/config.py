@@ -87,6 +87,10 @@ class ModelArch:
     # (4.5, 2.0) and, for think mode, (3.5, 1.5). Written into the decoder config when set.
     default_image_guidance: list[float] | None = None
     default_think_guidance: list[float] | None = None
+    # Edits keep the pixels the instruction does not act on unless a call says otherwise (the pipeline's
+    # `preserve_unedited`; an automatic change mask, internvlu.sampling.preserve). Written into the decoder config
+    # when True; the release's config has no such key (off).
+    default_preserve_unedited: bool = False
     # Processor: generation-side pixel range of reference images, default output size
     gen_min_side: int = 64
     gen_max_side: int = 96
@@ -108,6 +112,10 @@ class ModelArch:
                 raise ValueError(f"model.arch.{name} has {len(value)} values, vae_z_dim is {self.vae_z_dim}")
         if not isinstance(self.dit_patch_size, int) or self.dit_patch_size < 1:
             raise ValueError(f"model.arch.dit_patch_size must be an integer >= 1, got {self.dit_patch_size!r}")
+        if not isinstance(self.default_preserve_unedited, bool):
+            raise TypeError(
+                f"model.arch.default_preserve_unedited must be true or false, got {self.default_preserve_unedited!r}"
+            )
         if self.dit_init not in ("xavier", "adaln_zero"):
             raise ValueError(f"model.arch.dit_init must be 'xavier' or 'adaln_zero', got {self.dit_init!r}")
         if sum(self.dit_axes_rope) != self.dit_head_dim:

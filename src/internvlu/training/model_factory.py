@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -172,7 +173,7 @@ def decoder_config(arch: ModelArch):
     )  # fmt: skip
 
 
-def _guidance_defaults(arch: ModelArch) -> dict[str, list[float]]:
+def _guidance_defaults(arch: ModelArch) -> dict[str, Any]:
     out = {}
     for key in ("default_image_guidance", "default_think_guidance"):
         value = getattr(arch, key)
@@ -180,6 +181,8 @@ def _guidance_defaults(arch: ModelArch) -> dict[str, list[float]]:
             if len(value) != 2:
                 raise ValueError(f"model.arch.{key} must be [all_cfg_scale, part_cfg_scale], got {value!r}")
             out[key] = [float(v) for v in value]
+    if arch.default_preserve_unedited:
+        out["default_preserve_unedited"] = True
     return out
 
 
