@@ -208,6 +208,16 @@ def test_edits_multipart_one_and_two_images(client, tmp_path):
                                extra_body={"num_inference_steps": 2, "seed": 3})  # fmt: skip
     assert r.size == "64x64" and decode_png(r.data[0].b64_json).size == (64, 64)
     assert read_png_metadata(decode_png(r.data[0].b64_json))["mode"] == "image_edit"
+    # preserve_unedited: the parity checkpoint (the release's config) redraws everything unless asked.
+    assert read_png_metadata(decode_png(r.data[0].b64_json))["preserve_unedited"] == "false"
+    with a.open("rb") as fa:
+        kept = client.images.edit(model="internvlu", image=fa, prompt="make it red",
+                                  extra_body={"num_inference_steps": 2, "seed": 3, "preserve_unedited": True})  # fmt: skip
+    assert read_png_metadata(decode_png(kept.data[0].b64_json))["preserve_unedited"] == "true"
+    assert kept.data[0].b64_json != r.data[0].b64_json
+    with pytest.raises(openai.BadRequestError, match="preserve_unedited=true applies to edits"):
+        client.images.generate(model="internvlu", prompt="a cube", size="64x64",
+                               extra_body={"num_inference_steps": 2, "preserve_unedited": True})  # fmt: skip
     with a.open("rb") as fa, b.open("rb") as fb:
         r = client.images.edit(model="internvlu", image=[fa, fb], prompt="combine them", size="96x96",
                                extra_body={"num_inference_steps": 2})  # fmt: skip

@@ -585,7 +585,8 @@ class InternVLUPipeline:
                 "all_cfg_scale": guidance[0] if all_cfg_scale is None else all_cfg_scale,
                 "part_cfg_scale": guidance[1] if part_cfg_scale is None else part_cfg_scale,
                 "timestep_shift": self.default_timestep_shift() if timestep_shift is None else float(timestep_shift),
-                "preserve_unedited": (
+                # Text-to-image has nothing to preserve: False there, whatever the default.
+                "preserve_unedited": images is not None and (
                     self.default_preserve_unedited() if preserve_unedited is None else preserve_unedited
                 ),
                 "seed": seed,
@@ -956,7 +957,7 @@ class InternVLUPipeline:
 
         blend = None
         if preserve:
-            # Source latents per output image, in the conditional block's row order; None where it can't apply.
+            # Source latents per output image, in the conditional block's row order, or why there are none.
             source = _single_sources([ref_latents[order[i]] for i in range(B * n)], (h_l, w_l))
             if isinstance(source, str):
                 if preserve != "auto":

@@ -261,8 +261,11 @@ def create_app(pipeline_or_path: Any, settings: ServerSettings | None = None, *,
             size = worker.edit_size(images[0]) if images else worker.default_size()
         worker.check_size(*size)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+        if params.preserve_unedited and not images:
+            raise bad_request("preserve_unedited=true applies to edits (an input image), not to generations",
+                              "preserve_unedited")  # fmt: skip
         task = ImageTask(prompt, images, size[0], size[1], steps, params.n, seed, params.guidance_scale,
-                         params.image_guidance_scale, params.think, thought_tokens)  # fmt: skip
+                         params.image_guidance_scale, params.think, thought_tokens, params.preserve_unedited)  # fmt: skip
         job = submit("image", task, params.stream)
         meta = {"prompt": prompt, "model": settings.model_name, "mode": kind}
         if params.stream:

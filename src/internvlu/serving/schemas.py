@@ -3,7 +3,8 @@
 Unknown OpenAI fields are accepted and ignored (clients send many we have no use for); fields we
 cannot honour with a different meaning (`n` > 1 for chat, `stop`, `response_format="url"`, masks)
 are refused with 400 rather than silently ignored. Extension fields are ours: `think`,
-`seed` (images), `num_inference_steps`, `guidance_scale`, `image_guidance_scale`, `max_thought_tokens`.
+`seed` (images), `num_inference_steps`, `guidance_scale`, `image_guidance_scale`, `max_thought_tokens`,
+`preserve_unedited` (edits).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class ImageOptions(_Open):
     image_guidance_scale: float | None = Field(default=None, ge=0)
     think: bool = False
     max_thought_tokens: int | None = Field(default=None, ge=1)
+    # edits: keep what the instruction does not touch (None: the model's default; see the pipeline's preserve_unedited)
+    preserve_unedited: bool | None = None
 
 
 class ImageGenerationRequest(ImageOptions):

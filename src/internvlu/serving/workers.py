@@ -69,10 +69,11 @@ class ImageTask:
     image_guidance: float | None = None  # part_cfg_scale
     think: bool = False
     max_thought_tokens: int = 200
+    preserve: bool | None = None  # preserve_unedited (None: the model's default)
 
     def key(self) -> tuple:
         return ("image", bool(self.images), self.height, self.width, self.steps, self.n, self.guidance,
-                self.image_guidance, self.think, self.max_thought_tokens)  # fmt: skip
+                self.image_guidance, self.think, self.max_thought_tokens, self.preserve)  # fmt: skip
 
 
 @dataclass
@@ -284,6 +285,7 @@ class PipelineWorker:
             part_cfg_scale=task.image_guidance,
             generator=generators,
             max_thought_tokens=task.max_thought_tokens,
+            preserve_unedited=task.preserve,
             progress=False,
         )
         outputs = []
