@@ -382,13 +382,18 @@ def test_preserve_unedited_keeps_the_source_outside_the_change_mask(pipe, monkey
         assert np.array_equal(np.asarray(default.images[1]), np.asarray(kept.images[1]))
         off = pipe.edit(prompts, [img, img], preserve_unedited=False, **kw)
         assert np.array_equal(np.asarray(off.images[0]), np.asarray(free.images[0]))
-        # Where it cannot apply, the default quietly stays off (text-to-image, several inputs) ...
-        pipe.generate("a cat", height=32, width=32, **kw)
-        assert calls[-1][0] is None
+        # Where it cannot apply, the default quietly stays off (text-to-image, several inputs), and the
+        # result's settings say so ...
+        t2i = pipe.generate("a cat", height=32, width=32, **kw)
+        assert calls[-1][0] is None and t2i.settings["preserve_unedited"] is False
+        img_b = Image.open(GOLDEN / "inputs" / "img_b.png")
+        merged = pipe.edit("merge", [img, img_b], height=96, width=96, **kw)
+        assert calls[-1][0] is None and merged.settings["preserve_unedited"] is False
+        resized = pipe.edit("make it red", img, height=96, width=96, **kw)
+        assert calls[-1][0] is None and resized.settings["preserve_unedited"] is False
         # ... but asking for it is an error that says why.
         with pytest.raises(ValueError, match="cannot apply: output 0 has 0 input images"):
             pipe.generate("a cat", height=32, width=32, preserve_unedited=True, **kw)
-        img_b = Image.open(GOLDEN / "inputs" / "img_b.png")
         with pytest.raises(ValueError, match="output 0 has 2 input images; it needs exactly one"):
             pipe.edit("merge", [img, img_b], height=96, width=96, preserve_unedited=True, **kw)
         with pytest.raises(ValueError, match="at the input image's size"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -38,7 +40,8 @@ def test_change_mask_finds_where_the_text_pulls_and_grows_it():
     noises = [torch.randn_like(source) for _ in range(2)]
     seen: list = []
     region = _region()
-    mask = change_mask(_pull_only_in(region, seen), source, noises, PreserveSettings(dilate=0))
+    pull = PreserveSettings(method="pull", strength=0.9)
+    mask = change_mask(_pull_only_in(region, seen), source, noises, dataclasses.replace(pull, dilate=0))
     assert mask.shape == (2, 1, 8, 8)
     assert torch.equal(mask, region)
     # The model saw the source noised to `strength` along each draw, at timestep strength * 1000.
@@ -46,12 +49,38 @@ def test_change_mask_finds_where_the_text_pulls_and_grows_it():
     for (x, t), noise in zip(seen, noises):
         assert t == pytest.approx(900.0)
         assert torch.allclose(x, 0.1 * source + 0.9 * noise)
-    grown = change_mask(_pull_only_in(region), source, noises, PreserveSettings(dilate=1))
+    grown = change_mask(_pull_only_in(region), source, noises, dataclasses.replace(pull, dilate=1))
     assert grown[0, 0, 1:5, 4:8].sum() == 16 and grown[0].sum() == 16  # the 2x2 block grown to 4x4
     assert grown[1, 0, 5:8, 0:3].sum() == 9 and grown[1].sum() == 9
     # A threshold below the weak background pull keeps everything (nothing is preserved).
-    everything = change_mask(_pull_only_in(region), source, noises, PreserveSettings(threshold=0.0, dilate=0))
+    everything = change_mask(
+        _pull_only_in(region), source, noises, dataclasses.replace(pull, threshold=0.0, dilate=0)
+    )
     assert everything.min() == 1
+
+
+def test_x0_change_mask_finds_where_the_predicted_image_leaves_the_source():
+    torch.manual_seed(3)
+    source = torch.randn(2, 4, 8, 8)
+    noises = [torch.randn_like(source) for _ in range(2)]
+    region = _region()
+    seen: list = []
+
+    def velocity(x, t):
+        # The text row predicts a clean image that differs from the source only inside `region`; the
+        # text-dropped row pulls everywhere (so the "pull" method could not localise anything here).
+        seen.append(float(t))
+        s = float(t) / 1000
+        target = source + 3.0 * region
+        v_c = (x - target) / s  # x - s * v_c = target
+        return v_c, v_c + 5.0, torch.zeros_like(x)
+
+    settings = PreserveSettings(dilate=0)  # the default method, "x0", at strength 0.95
+    mask = change_mask(velocity, source, noises, settings)
+    assert torch.equal(mask, region)
+    assert seen == [pytest.approx(950.0)] * 2
+    pulled = change_mask(velocity, source, noises, PreserveSettings(method="pull", dilate=0))
+    assert pulled.min() == 1  # the uniform pull of the other row marks everything
 
 
 def test_change_mask_checks_the_number_of_draws():
@@ -97,6 +126,7 @@ def test_denoise_with_a_blend_ends_on_the_source_outside_the_mask():
 @pytest.mark.parametrize(
     "kw, message",
     [
+        ({"method": "attention"}, "method must be one of \\['pull', 'x0'\\], got 'attention'"),
         ({"strength": 0.0}, "strength must be in \\(0, 1\\], got 0.0"),
         ({"strength": 1.5}, "strength must be in \\(0, 1\\], got 1.5"),
         ({"draws": 0}, "draws must be a positive int, got 0"),

@@ -450,7 +450,7 @@ class InternVLUPipeline:
             # The reference uses a square of the one side given.
             height = width = height if height is not None else width
         think = generation_mode == "text_image"
-        images, ids, _ = self._draw(
+        images, ids, _, _ = self._draw(
             prompt, image, think=think, height=height, width=width, system_prompt=system_prompt,
             text_kw=text_kw, progress=progress, **image_kw,
         )  # fmt: skip
@@ -564,7 +564,7 @@ class InternVLUPipeline:
             if generator is not None:
                 raise ValueError("pass either seed or generator, not both")
             generator = torch.Generator("cpu").manual_seed(_check_seed(seed))
-        images_out, _, thoughts = self._draw(
+        images_out, _, thoughts, preserved = self._draw(
             prompt, _images_for(prompt, images), think=think, height=height, width=width,
             system_prompt=system_prompt, text_kw={"max_new_tokens": max_thought_tokens}, progress=progress,
             num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
@@ -585,10 +585,9 @@ class InternVLUPipeline:
                 "all_cfg_scale": guidance[0] if all_cfg_scale is None else all_cfg_scale,
                 "part_cfg_scale": guidance[1] if part_cfg_scale is None else part_cfg_scale,
                 "timestep_shift": self.default_timestep_shift() if timestep_shift is None else float(timestep_shift),
-                # Text-to-image has nothing to preserve: False there, whatever the default.
-                "preserve_unedited": images is not None and (
-                    self.default_preserve_unedited() if preserve_unedited is None else preserve_unedited
-                ),
+                # Whether the source was kept outside the change mask in this call (False for text-to-image,
+                # or where the checkpoint's default could not apply).
+                "preserve_unedited": preserved,
                 "seed": seed,
             },
         )
@@ -707,8 +706,12 @@ class InternVLUPipeline:
         generator: torch.Generator | list[torch.Generator] | None = None,
         timestep_shift: float | None = None,
         preserve_unedited: bool | None = None,
-    ) -> tuple[list[Image.Image], torch.Tensor | None, list[str] | None]:
-        """Generate (or edit) images; in think mode write the thought first. Returns (images, ids, thoughts)."""
+    ) -> tuple[list[Image.Image], torch.Tensor | None, list[str] | None, bool]:
+        """Generate (or edit) images; in think mode write the thought first.
+
+        Returns (images, ids, thoughts, preserved): preserved says whether the source was kept outside an
+        automatic change mask (`preserve_unedited`).
+        """
         _check_positive_int("num_inference_steps", num_inference_steps)
         _check_positive_int("num_images_per_prompt", num_images_per_prompt)
         self._check_size(height, width)
@@ -776,7 +779,7 @@ class InternVLUPipeline:
                     del generated
                     if known is not None:
                         known_rows = dict(enumerate(zip(*known)))
-            latents = self._sample_latents(
+            latents, preserved = self._sample_latents(
                 proc, input_ids, attention_mask, num_inference_steps, num_images_per_prompt,
                 all_cfg, part_cfg, generator, timestep_shift, progress, known_rows, preserve,
             )  # fmt: skip
@@ -785,7 +788,7 @@ class InternVLUPipeline:
         images = stages.pixels_to_pil(pixels)
         if images[0].size != (width, height):
             images = [im.resize((width, height), Image.Resampling.LANCZOS) for im in images]
-        return images, cot_ids, thoughts
+        return images, cot_ids, thoughts, preserved
 
     def _check_size(self, height: Any, width: Any) -> None:
         for name, value in (("height", height), ("width", width)):
@@ -875,7 +878,8 @@ class InternVLUPipeline:
     def _sample_latents(
         self, proc, input_ids, attention_mask, steps, n, all_cfg, part_cfg, generator, shift, progress, known=None,
         preserve: bool | str | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, bool]:
+        """Sample the final latents [B*n, C, h, w] (fp32); the flag says whether a `SourceBlend` ran."""
         B = proc.num_prompts
         R = 3 * B
         device = self.device
@@ -978,11 +982,12 @@ class InternVLUPipeline:
             options = {k: v for k, v in self._progress_config.items() if k != "disable"}
             bar = tqdm(total=steps, desc="denoising", **options)
         try:
-            return denoise(
+            final = denoise(
                 velocity, scheduler, latents, all_cfg, part_cfg, NORM_TRUNC_TIMESTEP,
                 on_step=(lambda i, total: bar.update(1)) if bar is not None else None,
                 step_cache=self.sampler.step_cache, blend=blend,
             )  # fmt: skip
+            return final, blend is not None
         finally:
             if bar is not None:
                 bar.close()
