@@ -10,7 +10,7 @@ instruction never named. This estimates where the instruction acts and keeps the
    - "pull" (DiffEdit's own): ||v_c - v_p|| averaged over the draws, where the instruction's text pulls the
      velocity away from the text-dropped row's.
    The mask keeps latent pixels above `threshold` x the image's maximum score, grown by `dilate` pixels. On the
-   embedded model, against the true changed region of 200 edits, "x0" at 0.95 / 0.3 covers it whole for 87.5% of
+   embedded model, against the true changed region of 200 edits, "x0" at 0.95 / 0.3 covers it whole for 87.0% of
    the edits and marks 6.6% of the unchanged area, "pull" at 0.9 / 0.3 for 82.5% and 17.3% (docs/embedded.md).
    A high `strength` matters: at 0.5 an added object has no pull yet (edit success 0.305 at 0.5 against 0.49 at
    0.9 with "pull").
