@@ -382,6 +382,10 @@ def test_shipped_model_stays_at_its_measured_quality():
     scores = evaluate_shapes(pipe, num=SAMPLE_NUM, seed=123, config=config, think_off=False)
     measured = {**card["scores"]["geneval"], **{k: card["scores"][k] for k in ("vqa", "edit", "think")}}
     got = {**scores["geneval"], "vqa": scores["vqa"], "edit": scores["edit"], "think": scores["think"]}
+    # The edits ran with the folder's preserve_unedited default and the x0 change mask (session 19), as the card's.
+    assert scores["settings"]["preserve_unedited"] is True
+    assert scores["settings"]["preserve_settings"] == card["scores"]["settings"]["preserve_settings"]
+    assert scores["settings"]["preserve_settings"]["method"] == "x0"
     floors = {k: round(v - MARGIN, 3) for k, v in measured.items() if v - MARGIN > 0}
     assert "vqa" in floors, f"the card's vqa {measured['vqa']} is below the margin: retrain or re-measure"
     low = {k: (got[k], floor) for k, floor in floors.items() if got[k] < floor}

@@ -402,6 +402,7 @@ def evaluate_shapes(
             "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "shapes_config": cfg.to_dict(),
+            **_preserve_record(pipe),
         },
     }
     if report_dir is not None:
@@ -409,6 +410,15 @@ def evaluate_shapes(
 
         results["report"] = write_shapes_report(Path(report_dir), results, examples)
     return results
+
+
+def _preserve_record(pipe: Any) -> dict[str, Any]:
+    """The edits' `preserve_unedited` default and its mask settings (the evaluation passes neither), for
+    pipelines that have them."""
+    if not hasattr(pipe, "default_preserve_unedited"):
+        return {}
+    on = pipe.default_preserve_unedited()
+    return {"preserve_unedited": on, **({"preserve_settings": dataclasses.asdict(pipe.preserve_settings())} if on else {})}
 
 
 # --------------------------------------------------------------------------------------------------
