@@ -362,7 +362,19 @@ def test_preserve_unedited_keeps_the_source_outside_the_change_mask(pipe, monkey
     try:
         # A high threshold keeps the random model's mask small, so there is something outside it.
         config.extra["preserve_settings"] = {"threshold": 0.9, "dilate": 0}
+        head = pipe.generation_decoder
+        batches: list[int] = []
+        real_forward = head.forward
+
+        def counting_forward(x, *args, **kwargs):
+            batches.append(x.shape[0])
+            return real_forward(x, *args, **kwargs)
+
+        monkeypatch.setattr(head, "forward", counting_forward)
         kept = pipe.edit(prompts, [img, img], preserve_unedited=True, **kw)
+        monkeypatch.delattr(head, "forward")
+        # The x0 mask runs the conditional rows only (2 prompts, 2 draws); each of the 3 steps runs all 3 rows.
+        assert batches == [2, 2, 6, 6, 6]
         blend, latents = calls[-1]
         assert blend is not None and 0 < float(blend.mask.mean()) < 0.5
         outside = ~blend.mask.expand_as(latents).bool()

@@ -24,14 +24,14 @@ def _pull_only_in(region: torch.Tensor, seen: list | None = None):
     """A velocity model whose text row differs from the text-dropped row only inside `region` (plus a weak
     pull elsewhere, below any sensible threshold)."""
 
-    def velocity(x, t):
+    def rows(x, t, count):
         if seen is not None:
-            seen.append((x.clone(), float(t)))
+            seen.append((x.clone(), float(t), count))
         v_p = 0.5 * x
         v_c = v_p + 4.0 * region + 0.05  # [N, C, H, W] + [N, 1, H, W]
-        return v_c, v_p, torch.zeros_like(x)
+        return (v_c, v_p, torch.zeros_like(x))[:count]
 
-    return velocity
+    return rows
 
 
 def test_change_mask_finds_where_the_text_pulls_and_grows_it():
@@ -44,10 +44,11 @@ def test_change_mask_finds_where_the_text_pulls_and_grows_it():
     mask = change_mask(_pull_only_in(region, seen), source, noises, dataclasses.replace(pull, dilate=0))
     assert mask.shape == (2, 1, 8, 8)
     assert torch.equal(mask, region)
-    # The model saw the source noised to `strength` along each draw, at timestep strength * 1000.
+    # The model saw the source noised to `strength` along each draw, at timestep strength * 1000, and was asked
+    # for the two rows the pull compares only.
     assert len(seen) == 2
-    for (x, t), noise in zip(seen, noises):
-        assert t == pytest.approx(900.0)
+    for (x, t, count), noise in zip(seen, noises):
+        assert t == pytest.approx(900.0) and count == 2
         assert torch.allclose(x, 0.1 * source + 0.9 * noise)
     grown = change_mask(_pull_only_in(region), source, noises, dataclasses.replace(pull, dilate=1))
     assert grown[0, 0, 1:5, 4:8].sum() == 16 and grown[0].sum() == 16  # the 2x2 block grown to 4x4
@@ -66,20 +67,20 @@ def test_x0_change_mask_finds_where_the_predicted_image_leaves_the_source():
     region = _region()
     seen: list = []
 
-    def velocity(x, t):
+    def rows(x, t, count):
         # The text row predicts a clean image that differs from the source only inside `region`; the
         # text-dropped row pulls everywhere (so the "pull" method could not localise anything here).
-        seen.append(float(t))
+        seen.append((float(t), count))
         s = float(t) / 1000
         target = source + 3.0 * region
         v_c = (x - target) / s  # x - s * v_c = target
-        return v_c, v_c + 5.0, torch.zeros_like(x)
+        return (v_c, v_c + 5.0, torch.zeros_like(x))[:count]
 
     settings = PreserveSettings(dilate=0)  # the default method, "x0", at strength 0.95
-    mask = change_mask(velocity, source, noises, settings)
+    mask = change_mask(rows, source, noises, settings)
     assert torch.equal(mask, region)
-    assert seen == [pytest.approx(950.0)] * 2
-    pulled = change_mask(velocity, source, noises, PreserveSettings(method="pull", dilate=0))
+    assert seen == [(pytest.approx(950.0), 1)] * 2  # only the conditional row is run
+    pulled = change_mask(rows, source, noises, PreserveSettings(method="pull", dilate=0))
     assert pulled.min() == 1  # the uniform pull of the other row marks everything
 
 

@@ -947,15 +947,18 @@ class InternVLUPipeline:
                     model_in, timestep, dec_states[sl], dec_masks[sl], dec_grids[sl], dec_fhw[sl], dec_refs[sl]
                 ).float()
 
-        def velocity(x: torch.Tensor, t: torch.Tensor):
+        def first_rows(x: torch.Tensor, t: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
+            """The first `count` guidance rows' velocities (conditional, then text-dropped), each [B*n, C, h, w]."""
             if not opts.condition_once:
                 condition()  # the naive loop: the VLM conditioning recomputed at every step (same values)
-            k = len(blocks)
+            k = min(count, len(blocks))  # text-to-image: block 2 stands in for the identical text-dropped row
             if opts.batch_guidance:
-                chunks = run_decoder(x, t, slice(0, k * per_block)).chunk(k)  # k x [B*n, C, h, w]
-            else:
-                chunks = tuple(run_decoder(x, t, slice(i * per_block, (i + 1) * per_block)) for i in range(k))
-            if k == 3:
+                return run_decoder(x, t, slice(0, k * per_block)).chunk(k)  # k x [B*n, C, h, w]
+            return tuple(run_decoder(x, t, slice(i * per_block, (i + 1) * per_block)) for i in range(k))
+
+        def velocity(x: torch.Tensor, t: torch.Tensor):
+            chunks = first_rows(x, t, 3)
+            if len(chunks) == 3:
                 return chunks[0], chunks[1], chunks[2]
             return chunks[0], chunks[1], chunks[1]  # text-dropped row == all-dropped row
 
@@ -970,7 +973,7 @@ class InternVLUPipeline:
                 source = source.to(device)
                 settings = self.preserve_settings()
                 noises = [_noise(tuple(latents.shape), generator, device) for _ in range(settings.draws)]
-                blend = SourceBlend(change_mask(velocity, source, noises, settings), source, latents.clone())
+                blend = SourceBlend(change_mask(first_rows, source, noises, settings), source, latents.clone())
 
         scheduler = build_scheduler(self.scheduler, self.sampler, shift)
         scheduler.set_timesteps(steps, device=device)

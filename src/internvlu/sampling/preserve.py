@@ -4,7 +4,7 @@ An edit is sampled from pure noise, so every latent pixel is redrawn, and a smal
 instruction never named. This estimates where the instruction acts and keeps the rest on the source's path:
 
 1. Mask (in the spirit of DiffEdit, Couairon et al. 2022): noise the source latents to `strength` along
-   `draws` noise draws and ask the model (every row with the source image) for its velocities. Two scores:
+   `draws` noise draws and ask the model's conditional row (and, for "pull", its text-dropped row) for velocities:
    - "x0" (the default): the clean latents the conditional row predicts, x - sigma * v_c, averaged over the
      draws, against the source, ||x0 - source|| over channels: where the model expects the result to differ.
    - "pull" (DiffEdit's own): ||v_c - v_p|| averaged over the draws, where the instruction's text pulls the
@@ -27,8 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# velocity_fn(latents [N, C, H, W] fp32, timestep) -> (v_cond, v_text_dropped, v_uncond), each [N, C, H, W]
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# rows_fn(latents [N, C, H, W] fp32, timestep, count) -> the first `count` guidance rows' velocities, in the order
+# (v_cond, v_text_dropped, v_uncond), each [N, C, H, W]. The mask asks only for the rows its score reads ("x0": the
+# conditional row, "pull": two), so the head does not run rows whose output would be thrown away.
+GuidanceRowsFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, ...]]
 
 NUM_TRAIN_TIMESTEPS = 1000  # flow schedulers' timestep = sigma * 1000
 MASK_METHODS = ("pull", "x0")
@@ -81,7 +83,7 @@ class SourceBlend:
 
 @torch.no_grad()
 def change_mask(
-    velocity_fn: VelocityFn, source: torch.Tensor, noises: list[torch.Tensor], settings: PreserveSettings
+    rows_fn: GuidanceRowsFn, source: torch.Tensor, noises: list[torch.Tensor], settings: PreserveSettings
 ) -> torch.Tensor:
     """Where the instruction acts: a {0, 1} mask [N, 1, H, W] (one per row of `source`), by `settings.method`.
 
@@ -95,11 +97,12 @@ def change_mask(
     clean = torch.zeros_like(source, dtype=torch.float32)  # [N, C, H, W], mean predicted x0
     for noise in noises:
         x = (1.0 - s) * source + s * noise
-        v_c, v_p, _ = velocity_fn(x, timestep)
         if settings.method == "x0":
+            (v_c,) = rows_fn(x, timestep, 1)
             # Flow convention: x = (1 - s) * x0 + s * noise and v = noise - x0, so x0 = x - s * v.
             clean += (x - s * v_c.float()) / len(noises)
         else:
+            v_c, v_p = rows_fn(x, timestep, 2)
             pull += (v_c.float() - v_p.float()).norm(dim=1, keepdim=True)
     score = (clean - source.float()).norm(dim=1, keepdim=True) if settings.method == "x0" else pull
     peak = score.amax(dim=(2, 3), keepdim=True)  # [N, 1, 1, 1]
