@@ -370,9 +370,11 @@ def test_preserve_unedited_keeps_the_source_outside_the_change_mask(pipe, monkey
             batches.append(x.shape[0])
             return real_forward(x, *args, **kwargs)
 
-        monkeypatch.setattr(head, "forward", counting_forward)
-        kept = pipe.edit(prompts, [img, img], preserve_unedited=True, **kw)
-        monkeypatch.delattr(head, "forward")
+        head.forward = counting_forward  # an instance attribute over the class's method, deleted right after
+        try:
+            kept = pipe.edit(prompts, [img, img], preserve_unedited=True, **kw)
+        finally:
+            del head.forward
         # The x0 mask runs the conditional rows only (2 prompts, 2 draws); each of the 3 steps runs all 3 rows.
         assert batches == [2, 2, 6, 6, 6]
         blend, latents = calls[-1]
